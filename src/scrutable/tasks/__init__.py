@@ -1,0 +1,55 @@
+"""Tasks: SST-2 few-shot sentiment, BoolQ, Yelp sentiment style transfer.
+
+`get_task(name, data_dir=..., seed=...)` is the one way in. With `data_dir` (or the
+`SCRUTABLE_DATA_DIR` environment variable) data is read from a folder laid out like
+`../shared/data`; without it, from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scrutable.errors import UserError
+from scrutable.paths import resolve_data_dir
+from scrutable.tasks.base import RewardResult, Split, Task, sample_batch
+
+
+def _sst2(data_dir: Path | None, seed: int) -> Task:
+    from scrutable.tasks.sst2 import make_sst2
+
+    return make_sst2(data_dir, seed)
+
+
+def _boolq(data_dir: Path | None, seed: int) -> Task:
+    from scrutable.tasks.boolq import make_boolq
+
+    return make_boolq(data_dir, seed)
+
+
+def _yelp(data_dir: Path | None, seed: int) -> Task:
+    from scrutable.tasks.yelp import make_yelp
+
+    return make_yelp(data_dir, seed)
+
+
+TASKS: dict[str, Callable[[Path | None, int], Any]] = {"sst2": _sst2, "boolq": _boolq, "yelp": _yelp}
+DEFAULT_SEEDS = {"sst2": 13, "boolq": 0, "yelp": 0}
+
+
+def closest(name: str, choices: list[str] | tuple[str, ...] | Any) -> str:
+    """' (did you mean X?)' for the closest valid name, or a list of the choices."""
+    match = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean '{match[0]}'?" if match else f"choose one of {', '.join(choices)}"
+
+
+def get_task(name: str, *, data_dir: str | Path | None = None, seed: int | None = None) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}': {closest(name, TASKS)}")
+    chosen_seed = DEFAULT_SEEDS[name] if seed is None else seed
+    return TASKS[name](resolve_data_dir(data_dir), chosen_seed)  # type: ignore[no-any-return]
+
+
+__all__ = ["TASKS", "RewardResult", "Split", "Task", "get_task", "sample_batch", "closest"]

@@ -1,0 +1,72 @@
+"""The task protocol: what an optimizer or metric may ask of a task.
+
+A task owns its data splits and knows where the prompt goes in a model input. Prompts
+arrive as embeddings, (L, D) or a batch (P, L, D); hard prompts are passed as the
+embeddings of their tokens (`LanguageModel.embedding_matrix[ids]`), so one code path
+serves soft prompts, PEZ projections and RLPrompt samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import torch
+
+from scrutable.models import LanguageModel
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    DEV = "dev"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    rewards: torch.Tensor  # (P,) one scalar per prompt, higher is better
+    metric: torch.Tensor  # (P,) the task metric on the same examples
+
+
+class Task(Protocol):
+    name: str
+    metric_name: str  # e.g. "accuracy"; reported as `task/<metric_name>`
+    supports_loss: bool  # False where no differentiable loss exists (style transfer)
+
+    def examples(self, split: Split | str) -> Sequence[Any]:
+        """All examples of a split, loaded once."""
+        ...
+
+    def loss(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        """Differentiable mean task loss for one prompt (L, D) on a batch."""
+        ...
+
+    def output_logits(
+        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]
+    ) -> torch.Tensor:
+        """(P, B, C) logits the task reads its answer from (for the output differential)."""
+        ...
+
+    def evaluate(
+        self,
+        lm: LanguageModel,
+        prompt_embeds: torch.Tensor,
+        split: Split | str,
+        *,
+        limit: int | None = None,
+        batch_size: int = 16,
+    ) -> float:
+        """The task metric of one prompt (L, D) on (the first `limit` examples of) a split."""
+        ...
+
+    def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
+        """RLPrompt's reward for P hard prompts (P, L) on a batch, all scored at once."""
+        ...
+
+
+def sample_batch(examples: Sequence[Any], batch_size: int, generator: torch.Generator) -> list[Any]:
+    """A random batch without replacement (the whole split if it is smaller)."""
+    order = torch.randperm(len(examples), generator=generator)[:batch_size]
+    return [examples[int(i)] for i in order]

@@ -1,0 +1,111 @@
+"""BoolQ yes/no question answering over a passage.
+
+T5 (the paper's setting): the encoder reads `{prompt} question: {question} passage:
+{passage}` and the answer is the larger of the `yes` / `no` logits at the first decoder
+step. Causal LMs read next-token `" yes"` / `" no"` after
+`{prompt} {passage}\nquestion: {question}?\nanswer:`. Labels: 0 = False/no, 1 = True/yes.
+
+Data: locally `boolq/train-32.jsonl` (FewGLUE, `label` a JSON bool) for train,
+`boolq/dev-50.jsonl` for dev and the rest of the official dev set `boolq/dev.jsonl`
+(rows 50 on, 3,220; `answer` is the STRING "True"/"False") for test, so dev and test do
+not overlap. From the hub (`google/boolq`): 32 train examples drawn with the seed, and the
+validation set split the same way (first 50 dev, rest test).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from scrutable.errors import UserError
+from scrutable.models import LanguageModel, ModelKind
+from scrutable.paths import require_file
+from scrutable.tasks.base import Split
+from scrutable.tasks.classification import ClassificationTask, LabeledExample, hub_error
+from scrutable.tasks.inputs import token_ids
+
+DEV_SIZE = 50
+TRAIN_SIZE = 32
+# Passages run to several hundred tokens; the answer rarely needs more than the start, and
+# T5-small was trained on 512-token inputs.
+MAX_PASSAGE_TOKENS = 256
+
+
+def make_boolq(data_dir: Path | None, seed: int = 0) -> ClassificationTask:
+    if data_dir is None:
+        loaders = {split: (lambda split=split: _from_hub(split, seed)) for split in Split}
+    else:
+        root = data_dir / "boolq"
+        loaders = {
+            Split.TRAIN: lambda: read_jsonl(root / "train-32.jsonl"),
+            Split.DEV: lambda: read_jsonl(root / "dev-50.jsonl"),
+            Split.TEST: lambda: read_jsonl(root / "dev.jsonl")[DEV_SIZE:],
+        }
+    return ClassificationTask(
+        name="boolq",
+        verbalizers={ModelKind.CAUSAL: (" no", " yes"), ModelKind.SEQ2SEQ: ("no", "yes")},
+        formatter=_format,
+        loaders=loaders,
+    )
+
+
+def _format(example: LabeledExample, lm: LanguageModel) -> tuple[list[int], list[int]]:
+    passage = token_ids(lm, (" " if lm.kind is ModelKind.CAUSAL else "") + example.text)
+    passage = passage[:MAX_PASSAGE_TOKENS]
+    if lm.kind is ModelKind.SEQ2SEQ:
+        question = token_ids(lm, f"question: {example.question} passage:")
+        return [], question + passage + [int(lm.tokenizer.eos_token_id)]
+    question = token_ids(lm, f"\nquestion: {example.question}?\nanswer:")
+    return [], passage + question
+
+
+def parse_label(row: dict[str, Any]) -> int:
+    """FewGLUE has `label: true`; the official dev file has `answer: "True"` (a string)."""
+    value = row.get("label", row.get("answer"))
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value in ("True", "False"):
+        return int(value == "True")
+    raise ValueError(f"unrecognised BoolQ label {value!r}")
+
+
+def read_jsonl(path: Path) -> list[LabeledExample]:
+    require_file(path, "point --data-dir at a folder laid out like ../shared/data")
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                examples.append(
+                    LabeledExample(text=row["passage"], question=row["question"], label=parse_label(row))
+                )
+            except (KeyError, ValueError) as exc:
+                raise UserError(f"{path}:{number} is not a BoolQ row ({exc})") from None
+    return examples
+
+
+def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset("google/boolq")
+    except Exception as exc:  # datasets raises many types for "no network"
+        raise hub_error("google/boolq", exc) from None
+
+    def convert(rows: Any) -> list[LabeledExample]:
+        return [
+            LabeledExample(text=r["passage"], question=r["question"], label=int(bool(r["answer"])))
+            for r in rows
+        ]
+
+    if split is Split.TRAIN:
+        indices = random.Random(seed).sample(range(len(data["train"])), TRAIN_SIZE)
+        return convert(data["train"].select(indices))
+    validation = data["validation"]
+    if split is Split.DEV:
+        return convert(validation.select(range(DEV_SIZE)))
+    return convert(validation.select(range(DEV_SIZE, len(validation))))

@@ -1,0 +1,138 @@
+"""Verbalizer classification: read the answer from the logits of one token per class.
+
+Used by SST-2 (" terrible" / " great") and BoolQ (" yes" / " no"). A causal LM is read at
+the last input position; a seq2seq LM (T5) at the first decoder step, with the prompt in
+front of (or inside) the encoder input only. The loss is cross-entropy over the class
+logits; the RLPrompt reward is the reference's piecewise "gap" reward on class
+probabilities: gap = p(label) - max p(other), scaled by 200 when correct (gap > 0) and
+by 180 when not (Deng et al. 2022, `PromptedClassificationReward`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from scrutable.errors import UserError
+from scrutable.models import LanguageModel, ModelKind
+from scrutable.tasks.base import RewardResult, Split
+from scrutable.tasks.inputs import splice_prompt, token_ids
+
+GAP_CORRECT_COEFF = 200.0
+GAP_INCORRECT_COEFF = 180.0
+
+
+@dataclass(frozen=True)
+class LabeledExample:
+    text: str
+    label: int  # index into the task's verbalizers
+    question: str = ""  # BoolQ only
+
+
+# A formatter turns an example into (text before the prompt, text after it) for a model kind.
+Formatter = Callable[[LabeledExample, LanguageModel], tuple[list[int], list[int]]]
+
+
+@dataclass(eq=False)
+class ClassificationTask:
+    name: str
+    verbalizers: dict[ModelKind, tuple[str, ...]]
+    formatter: Formatter
+    loaders: dict[Split, Callable[[], list[LabeledExample]]]
+    metric_name: str = "accuracy"
+    supports_loss: bool = True
+    _cache: dict[Split, list[LabeledExample]] = field(default_factory=dict)
+
+    def examples(self, split: Split | str) -> list[LabeledExample]:
+        key = Split(split)
+        if key not in self._cache:
+            self._cache[key] = self.loaders[key]()
+        return self._cache[key]
+
+    def verbalizer_ids(self, lm: LanguageModel) -> list[int]:
+        ids = []
+        for word in self.verbalizers[lm.kind]:
+            pieces = token_ids(lm, word)
+            if len(pieces) != 1:
+                raise UserError(
+                    f"verbalizer {word!r} is {len(pieces)} tokens for {lm.name}'s tokenizer: "
+                    "task verbalizers must be single tokens; use a model with a GPT-2/T5 vocabulary"
+                )
+            ids.append(pieces[0])
+        return ids
+
+    def output_logits(
+        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]
+    ) -> torch.Tensor:
+        """(P, B, C) verbalizer logits."""
+        parts = [self.formatter(example, lm) for example in batch]
+        spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)
+        if lm.kind is ModelKind.SEQ2SEQ:
+            start = lm.model.config.decoder_start_token_id
+            decoder_ids = torch.full((spliced.inputs_embeds.shape[0], 1), start, dtype=torch.long)
+            logits = lm.model(**spliced.model_kwargs(), decoder_input_ids=decoder_ids).logits
+        else:
+            logits = lm.model(**spliced.model_kwargs()).logits
+        last = logits[:, -1, self.verbalizer_ids(lm)]  # (P*B, C)
+        return last.reshape(spliced.num_prompts, spliced.batch_size, -1)
+
+    def loss(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
+        return F.cross_entropy(logits, _labels(batch))
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        lm: LanguageModel,
+        prompt_embeds: torch.Tensor,
+        split: Split | str,
+        *,
+        limit: int | None = None,
+        batch_size: int = 16,
+    ) -> float:
+        examples = subset(self.examples(split), limit)
+        if not examples:
+            raise UserError(f"split {split} of task {self.name} is empty")
+        correct = 0
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            logits = self.output_logits(lm, prompt_embeds, batch)[0]
+            correct += int((logits.argmax(-1) == _labels(batch)).sum())
+        return correct / len(examples)
+
+    @torch.no_grad()
+    def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
+        prompt_embeds = lm.embedding_matrix[prompt_ids]  # (P, L, D)
+        probs = self.output_logits(lm, prompt_embeds, batch).softmax(-1)  # (P, B, C)
+        labels = _labels(batch).expand(probs.shape[0], -1)  # (P, B)
+        label_probs = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        others = probs.scatter(-1, labels.unsqueeze(-1), -1.0)
+        gap = label_probs - others.max(-1).values
+        correct = gap > 0
+        coeff = torch.where(correct, GAP_CORRECT_COEFF, GAP_INCORRECT_COEFF)
+        return RewardResult(rewards=(gap * coeff).mean(-1), metric=correct.float().mean(-1))
+
+
+def subset(examples: Sequence[Any], limit: int | None) -> list[Any]:
+    """The first `limit` examples of a fixed shuffle: files are often sorted by label, so a
+    plain prefix would be one class only. The same `limit` always gives the same subset."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    chosen = sorted(random.Random(0).sample(range(len(examples)), limit))
+    return [examples[i] for i in chosen]
+
+
+def _labels(batch: Sequence[LabeledExample]) -> torch.Tensor:
+    return torch.tensor([example.label for example in batch], dtype=torch.long)
+
+
+def hub_error(dataset: str, exc: Exception) -> UserError:
+    return UserError(
+        f"could not load {dataset} from the Hugging Face hub ({type(exc).__name__}): offline, "
+        "pass --data-dir DIR (or set SCRUTABLE_DATA_DIR) to a folder laid out like ../shared/data"
+    )

@@ -1,0 +1,94 @@
+"""SST-2 few-shot sentiment, the RLPrompt / LM-BFF setting.
+
+Template (causal LM): `"{sentence} {prompt}"`, answer read at the last position over the
+verbalizers `" terrible"` (negative, 0) and `" great"` (positive, 1); T5 reads the same
+words at its first decoder step. Metric: accuracy. Reward: RLPrompt's gap reward.
+
+Data: locally `sst2/16-shot/{seed}/{train,dev}.tsv` (16 examples per class, seeds 13, 21,
+42, 87, 100) and `sst2/test.tsv` (1,821). From the hub (`stanfordnlp/sst2`) the 16-shot
+train and dev splits are drawn from GLUE train with the seed, and test is the labeled
+GLUE validation set (872), because GLUE's test labels are hidden: numbers from the hub
+path are therefore not comparable with the LM-BFF splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from scrutable.errors import UserError
+from scrutable.models import LanguageModel, ModelKind
+from scrutable.paths import require_file
+from scrutable.tasks.base import Split
+from scrutable.tasks.classification import ClassificationTask, LabeledExample, hub_error
+from scrutable.tasks.inputs import token_ids
+
+SEEDS = (13, 21, 42, 87, 100)
+SHOTS_PER_CLASS = 16
+MAX_SENTENCE_TOKENS = 128
+
+
+def make_sst2(data_dir: Path | None, seed: int = 13) -> ClassificationTask:
+    if data_dir is not None and seed not in SEEDS:
+        raise UserError(f"SST-2 few-shot seed {seed} has no local split: choose one of {SEEDS}")
+    if data_dir is None:
+        loaders = {split: (lambda split=split: _from_hub(split, seed)) for split in Split}
+    else:
+        shots = data_dir / "sst2" / "16-shot" / str(seed)
+        loaders = {
+            Split.TRAIN: lambda: read_tsv(shots / "train.tsv"),
+            Split.DEV: lambda: read_tsv(shots / "dev.tsv"),
+            Split.TEST: lambda: read_tsv(data_dir / "sst2" / "test.tsv"),
+        }
+    return ClassificationTask(
+        name="sst2",
+        verbalizers={
+            ModelKind.CAUSAL: (" terrible", " great"),
+            ModelKind.SEQ2SEQ: ("terrible", "great"),
+        },
+        formatter=_format,
+        loaders=loaders,
+    )
+
+
+def _format(example: LabeledExample, lm: LanguageModel) -> tuple[list[int], list[int]]:
+    sentence = token_ids(lm, example.text)[:MAX_SENTENCE_TOKENS]
+    if lm.kind is ModelKind.SEQ2SEQ:
+        return sentence, [int(lm.tokenizer.eos_token_id)]
+    return sentence, []
+
+
+def read_tsv(path: Path) -> list[LabeledExample]:
+    require_file(path, "point --data-dir at a folder laid out like ../shared/data")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        return [LabeledExample(text=row["sentence"].strip(), label=int(row["label"])) for row in rows]
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path} is not an SST-2 file with 'sentence' and 'label' columns ({exc})") from None
+
+
+def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset("stanfordnlp/sst2")
+    except Exception as exc:  # datasets raises many types for "no network"
+        raise hub_error("stanfordnlp/sst2", exc) from None
+    if split is Split.TEST:
+        rows = data["validation"]
+        return [LabeledExample(text=r["sentence"].strip(), label=int(r["label"])) for r in rows]
+    train = data["train"]
+    by_label: dict[int, list[int]] = {0: [], 1: []}
+    for index, label in enumerate(train["label"]):
+        by_label[int(label)].append(index)
+    rng = random.Random(seed)
+    # Disjoint draws: the first 16 per class are train, the next 16 dev.
+    offset = 0 if split is Split.TRAIN else SHOTS_PER_CLASS
+    chosen = [
+        index
+        for label in (0, 1)
+        for index in rng.sample(by_label[label], 2 * SHOTS_PER_CLASS)[offset : offset + SHOTS_PER_CLASS]
+    ]
+    return [LabeledExample(text=train[i]["sentence"].strip(), label=int(train[i]["label"])) for i in chosen]
