@@ -8,6 +8,7 @@ serves soft prompts, PEZ projections and RLPrompt samples.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -70,3 +71,12 @@ def sample_batch(examples: Sequence[Any], batch_size: int, generator: torch.Gene
     """A random batch without replacement (the whole split if it is smaller)."""
     order = torch.randperm(len(examples), generator=generator)[:batch_size]
     return [examples[int(i)] for i in order]
+
+
+def subset(examples: Sequence[Any], limit: int | None) -> list[Any]:
+    """The first `limit` examples of a fixed shuffle: files are often sorted by label, so a
+    plain prefix would be one class only. The same `limit` always gives the same subset."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    chosen = sorted(random.Random(0).sample(range(len(examples)), limit))
+    return [examples[i] for i in chosen]

@@ -10,7 +10,6 @@ by 180 when not (Deng et al. 2022, `PromptedClassificationReward`).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.tasks.base import RewardResult, Split
+from scrutable.tasks.base import RewardResult, Split, subset
 from scrutable.tasks.inputs import splice_prompt, token_ids
 
 GAP_CORRECT_COEFF = 200.0
@@ -116,15 +115,6 @@ class ClassificationTask:
         correct = gap > 0
         coeff = torch.where(correct, GAP_CORRECT_COEFF, GAP_INCORRECT_COEFF)
         return RewardResult(rewards=(gap * coeff).mean(-1), metric=correct.float().mean(-1))
-
-
-def subset(examples: Sequence[Any], limit: int | None) -> list[Any]:
-    """The first `limit` examples of a fixed shuffle: files are often sorted by label, so a
-    plain prefix would be one class only. The same `limit` always gives the same subset."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    chosen = sorted(random.Random(0).sample(range(len(examples)), limit))
-    return [examples[i] for i in chosen]
 
 
 def _labels(batch: Sequence[LabeledExample]) -> torch.Tensor:

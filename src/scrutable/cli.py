@@ -1,0 +1,127 @@
+"""The `scrutable` command line.
+
+    scrutable evaluate --task sst2 --model smollm2-135m --scorer smollm2-135m --prompt "Rate it:"
+    scrutable train --method pez --task sst2 --model smollm2-135m --scorer smollm2-135m
+    scrutable sweep sweeps/quickstart.yaml
+    scrutable pareto runs/quickstart --out runs/quickstart/pareto
+    scrutable ui runs/quickstart
+
+User mistakes (bad arguments, unknown tasks, missing files, an offline hub) print one
+line `scrutable: error: ...` naming the problem and the fix, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from scrutable.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + error
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="sst2, boolq or yelp")
+    parser.add_argument("--model", required=True, help="hub name, local folder, or smollm2-135m / tiny-gpt2 / tiny-t5")
+    parser.add_argument("--scorer", default="gpt2-xl", help="perplexity scorer LM (default gpt2-xl)")
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="folder laid out like ../shared/data (default: $SCRUTABLE_DATA_DIR, else the hub)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="data seed (SST-2 few-shot split: 13, 21, 42, 87, 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scrutable", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    evaluate = commands.add_parser("evaluate", help="print the interpretability card of one prompt")
+    _add_model_args(evaluate)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="a hard prompt as text")
+    source.add_argument("--soft-prompt", type=Path, help="a (L, D) tensor saved with torch.save")
+    evaluate.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate on this many examples (a fixed sample)")
+    evaluate.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the card as JSON here")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from scrutable.card import build_card
+    from scrutable.metrics.perplexity import LocalScorer
+    from scrutable.models import load_model
+    from scrutable.tasks import get_task
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.soft_prompt is not None and not args.soft_prompt.is_file():
+        raise UserError(f"soft prompt file {args.soft_prompt} does not exist")
+    task = get_task(args.task, data_dir=args.data_dir, seed=args.seed)
+    lm = load_model(args.model, data_dir=args.data_dir)
+    scorer_lm = lm if args.scorer == args.model else load_model(args.scorer, data_dir=args.data_dir)
+    if args.prompt is not None:
+        ids = lm.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise UserError("--prompt is empty: give at least one token of text")
+        prompt, is_soft = lm.embedding_matrix[torch.tensor(ids)], False
+    else:
+        prompt, is_soft = load_soft_prompt(args.soft_prompt, lm.hidden_size), True
+    card = build_card(
+        task, lm, LocalScorer(scorer_lm), prompt, is_soft=is_soft, split=args.split,
+        limit=args.limit, distance=args.distance,
+    )
+    print(card.render())
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def load_soft_prompt(path: Path, hidden_size: int) -> "torch.Tensor":  # noqa: F821, UP037
+    """A soft prompt file: a (L, D) tensor, or a dict holding one under 'prompt'."""
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the weights-only unpickler raises many types on a foreign file
+        raise UserError(
+            f"{path} is not a torch tensor file ({type(exc).__name__}): save the prompt with torch.save"
+        ) from None
+    if isinstance(loaded, dict):
+        loaded = loaded.get("prompt")
+    if not isinstance(loaded, torch.Tensor) or loaded.dim() != 2:
+        raise UserError(f"{path} holds no (L, D) prompt tensor: save a 2-D tensor or {{'prompt': tensor}}")
+    if loaded.shape[1] != hidden_size:
+        raise UserError(
+            f"{path} has vectors of width {loaded.shape[1]} but the model's embeddings are {hidden_size} wide: "
+            "evaluate it with the model it was trained on"
+        )
+    return loaded.float()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except UserError as exc:
+        print(f"scrutable: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("scrutable: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

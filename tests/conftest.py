@@ -1,0 +1,62 @@
+"""Shared fixtures: the offline data folder, tiny random models, SmolLM2.
+
+Tests never download: the hub is switched off for the whole session, so a code path that
+reaches for it fails fast instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path:
+    path = Path(os.environ.get("SCRUTABLE_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+    if not (path / "sst2").is_dir():
+        raise RuntimeError(f"offline data not found at {path}: set SCRUTABLE_DATA_DIR")
+    os.environ["SCRUTABLE_DATA_DIR"] = str(path)
+    return path
+
+
+DATA_DIR = _data_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from scrutable.models import tiny_gpt2
+
+    return tiny_gpt2(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5():
+    from scrutable.models import tiny_t5
+
+    return tiny_t5(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from scrutable.models import load_model
+
+    return load_model("smollm2-135m")
