@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
     evaluate.add_argument("--json", type=Path, default=None, help="also write the card as JSON here")
     evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser("train", help="run one trial without Ray Tune (for debugging)")
+    train.add_argument("--method", required=True, help="soft_prompt, pez or rlprompt")
+    _add_model_args(train)
+    train.add_argument("--alpha", type=float, default=None, help="perplexity weight")
+    train.add_argument("--prompt-length", type=int, default=None)
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any other config field, type-checked (repeatable), e.g. --set learning_rate=0.01",
+    )
+    train.add_argument("--out", type=Path, default=None, help="write prompt.pt, card.json and metrics.json here")
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -85,6 +98,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from scrutable.config import from_mapping, parse_overrides
+    from scrutable.trainables import get_method
+    from scrutable.trainables.common import save_state
+
+    method = get_method(args.method)
+    values: dict[str, object] = {"task": args.task, "model": args.model, "scorer": args.scorer}
+    flags = {"data_dir": args.data_dir, "data_seed": args.seed, "alpha": args.alpha,
+             "prompt_length": args.prompt_length, "steps": args.steps}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(parse_overrides(args.set))
+    config = from_mapping(method.config_cls, values, where=f"{args.method} config")
+    with tqdm(total=config.steps, desc=args.method, unit="step") as bar:
+
+        def progress(step: int, shown: dict[str, float]) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(shown, refresh=False)
+
+        result = method.run(config, progress=progress)
+    print(result.card.render())
+    if args.out is not None:
+        save_state(result.state, args.out)
+        torch_prompt = {"prompt": result.state["prompt"]} if "prompt" in result.state else None
+        if torch_prompt is not None:
+            import torch
+
+            torch.save(torch_prompt, args.out / "prompt.pt")
+        (args.out / "card.json").write_text(json.dumps(result.card.to_dict(), indent=2) + "\n")
+        (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str) + "\n")
+        print(f"wrote {args.out}/{{state.pt,prompt.pt,card.json,metrics.json}}")
     return 0
 
 

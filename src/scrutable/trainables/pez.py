@@ -1,0 +1,201 @@
+"""PEZ (Wen et al. 2023, "Hard Prompts Made Easy") with a perplexity regulariser.
+
+Keep a continuous prompt P (L, D). Each step:
+1. project every P_i to its nearest vocabulary embedding by cosine similarity (as the
+   reference): ids = argmax_v cos(P_i, E_v), P' = E[ids];
+2. run the frozen model with P' and take the task loss;
+3. hand the gradient taken at P' straight to P (straight-through) and step AdamW
+   (reference: lr 0.1, weight decay 0.1).
+The best projected prompt on the dev split is kept and reported at the end.
+
+The paper's "unembedded gradient descent" adds alpha times a perplexity term of the
+projected tokens: J = task loss + alpha * ppl_term(ids). A perplexity of decoded text
+under `no_grad` is a constant and would change no gradient, so the term's gradient is
+taken with respect to the token choice:
+- `perplexity_source: scorer` (default): the scorer returns G = d mean_NLL / d onehot(ids)
+  (L, V); it reaches P through a straight-through relaxation of the projection,
+  onehot ~ softmax(cos(P, E) / tau), so dJ/dP = alpha * J_softmax^T G. This needs the
+  scorer to share the task model's vocabulary (distilgpt2 with gpt2 ... gpt2-xl; SmolLM2
+  with itself); otherwise alpha > 0 is refused.
+- `perplexity_source: task_model`: the reference's cheap fluency loss, the task model's
+  own NLL of the projected tokens, differentiable through P' (causal task models only).
+`perplexity_term: log` (default) penalises mean NLL = log perplexity, which stays on the
+task loss's scale; `raw` penalises perplexity itself (gradient scaled by the perplexity).
+
+    from scrutable.trainables.pez import PezConfig, run
+    result = run(PezConfig(task="sst2", model="smollm2-135m", scorer="smollm2-135m", alpha=0.1))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from scrutable.card import InterpretabilityCard
+from scrutable.errors import UserError
+from scrutable.metrics import keys
+from scrutable.metrics.perplexity import Scorer
+from scrutable.metrics.unembed import Distance, project_to_vocabulary
+from scrutable.models import LanguageModel, ModelKind
+from scrutable.tasks import sample_batch
+from scrutable.trainables.common import (
+    Evaluation,
+    Progress,
+    Report,
+    Setup,
+    TrainConfig,
+    TrainResult,
+    check_finite,
+    evaluate,
+    initial_prompt,
+    prompt_fields,
+    setup,
+    with_train_values,
+)
+
+TASK_DEV_CONTINUOUS = "task/dev_metric_continuous"
+SCORERS_BY_VOCABULARY = "distilgpt2 or gpt2: gpt2, gpt2-medium, gpt2-large, gpt2-xl; smollm2-135m: smollm2-135m"
+
+
+@dataclass(frozen=True)
+class PezConfig(TrainConfig):
+    learning_rate: float = 0.1
+    weight_decay: float = 0.1
+    distance: Distance = Distance.COSINE  # PEZ projects by cosine; report the same
+    perplexity_source: Literal["scorer", "task_model"] = "scorer"
+    perplexity_term: Literal["log", "raw"] = "log"
+    relaxation_temperature: float = 0.1
+    init: Literal["vocab", "text", "random"] = "vocab"
+    init_text: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.relaxation_temperature > 0:
+            raise ValueError(f"relaxation_temperature must be positive, got {self.relaxation_temperature}")
+
+
+def check_compatible(s: Setup, config: PezConfig) -> None:
+    if config.alpha == 0:
+        return
+    if config.perplexity_source == "scorer" and s.scorer.vocab_signature != s.lm.vocab_signature:
+        raise UserError(
+            f"PEZ with alpha > 0 needs a scorer that shares the task model's vocabulary, and "
+            f"{config.scorer} does not share {config.model}'s: compatible scorers are {SCORERS_BY_VOCABULARY}; "
+            "or set perplexity_source: task_model"
+        )
+    if config.perplexity_source == "task_model" and s.lm.kind is not ModelKind.CAUSAL:
+        raise UserError(
+            f"perplexity_source: task_model needs a causal task model, and {config.model} is seq2seq: "
+            "use perplexity_source: scorer"
+        )
+
+
+def scorer_term(s: Setup, config: PezConfig, prompt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(differentiable surrogate with the term's value, perplexity) via the scorer's G."""
+    (answer,) = s.scorer.perplexity_gradients([ids.tolist()])
+    grad = torch.from_numpy(answer.onehot_grad).to(prompt.dtype)  # (L, V)
+    value = answer.result.mean_nll
+    if config.perplexity_term == "raw":
+        grad, value = grad * answer.result.perplexity, answer.result.perplexity
+    similarity = F.normalize(prompt, dim=-1) @ F.normalize(s.lm.embedding_matrix, dim=-1).T  # (L, V)
+    relaxed = torch.softmax(similarity / config.relaxation_temperature, dim=-1)
+    surrogate = (relaxed * grad).sum()
+    return value + surrogate - surrogate.detach(), answer.result.perplexity
+
+
+def task_model_term(lm: LanguageModel, config: PezConfig, projected: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The task model's own mean NLL of the projected tokens, differentiable through them."""
+    start = lm.embedding_matrix[lm.start_token_id].unsqueeze(0)  # (1, D)
+    inputs = torch.cat([start, projected[:-1]]).unsqueeze(0)  # (1, L, D)
+    log_probs = F.log_softmax(lm.model(inputs_embeds=inputs).logits[0, :, : lm.vocab_size], dim=-1)
+    mean_nll = -log_probs.gather(-1, ids.unsqueeze(-1)).mean()
+    perplexity = math.exp(float(mean_nll.detach()))
+    return (mean_nll.exp() if config.perplexity_term == "raw" else mean_nll), perplexity
+
+
+def run(
+    config: PezConfig,
+    *,
+    scorer: Scorer | None = None,
+    report: Report | None = None,
+    state: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    # --- setup --------------------------------------------------------------------------
+    s = setup(config, scorer)
+    check_compatible(s, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, generator))
+    optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
+    step, best_metric, best_ids = 0, -math.inf, None
+    if state is not None:
+        with torch.no_grad():
+            prompt.copy_(state["prompt"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, best_metric, best_ids = int(state["step"]), float(state["best_metric"]), state["best_ids"]
+    train = s.task.examples("train")
+    embeddings = s.lm.embedding_matrix
+
+    def snapshot() -> dict[str, Any]:
+        return {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "step": step, "best_metric": best_metric,
+                "best_ids": best_ids}
+
+    # --- train --------------------------------------------------------------------------
+    totals: dict[str, list[float]] = {keys.TRAIN_LOSS: [], keys.TRAIN_TASK_LOSS: []}
+    while step < config.steps:
+        batch = sample_batch(train, config.batch_size, generator)
+        ids, projected = project_to_vocabulary(prompt, embeddings, Distance.COSINE)
+        task_loss = s.task.loss(s.lm, projected, batch)
+        loss = task_loss
+        if config.alpha > 0:
+            if config.perplexity_source == "scorer":
+                term, _ = scorer_term(s, config, prompt, ids)
+            else:
+                term, _ = task_model_term(s.lm, config, projected, ids)
+            loss = task_loss + config.alpha * term
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        totals[keys.TRAIN_LOSS].append(float(loss.detach()))
+        totals[keys.TRAIN_TASK_LOSS].append(float(task_loss.detach()))
+        check_finite(totals[keys.TRAIN_LOSS][-1], "the PEZ loss", step, config)
+        if progress is not None:
+            progress(step, {"loss": totals[keys.TRAIN_LOSS][-1]})
+        if step % config.eval_interval == 0 or step == config.steps:
+            metrics, card = evaluate(s, config, prompt, is_soft=True)
+            # PEZ delivers the projected prompt: that is the metric it is judged by.
+            metrics[TASK_DEV_CONTINUOUS] = metrics[keys.TASK_DEV]
+            metrics[keys.TASK_DEV] = metrics[keys.TASK_DEV_UNEMBEDDED]
+            if metrics[keys.TASK_DEV] > best_metric:
+                best_metric, best_ids = metrics[keys.TASK_DEV], torch.tensor(card.token_ids)
+            with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
+            for values in totals.values():
+                values.clear()
+            if step == config.steps:
+                best, card = final_metrics(s, config, best_ids)
+                metrics.update(best)
+            if report is not None:
+                report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
+
+    # --- cleanup ------------------------------------------------------------------------
+    if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
+        metrics, card = final_metrics(s, config, best_ids)
+    return TrainResult(metrics=metrics, card=card, state=snapshot())
+
+
+def final_metrics(s: Setup, config: PezConfig, best_ids: torch.Tensor) -> tuple[dict[str, Any], InterpretabilityCard]:
+    """The best projected prompt's dev and test metrics, perplexity and text, and its test card."""
+    hard = s.lm.embedding_matrix[best_ids]
+    dev, _ = evaluate(s, config, hard, is_soft=False)
+    test, card = evaluate(s, config, hard, is_soft=False, split="test")
+    out = {k: dev[k] for k in (keys.TASK_DEV, keys.PERPLEXITY, keys.LOG_PERPLEXITY)}
+    out[keys.TASK_TEST] = out[keys.TASK_TEST_UNEMBEDDED] = test[keys.TASK_TEST]
+    out.update(prompt_fields(card))
+    return out, card
