@@ -193,12 +193,17 @@ def _tokenizer_dir(data_dir: str | Path | None, name: str) -> Path:
     return path
 
 
-def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0) -> LanguageModel:
-    """A random 2-layer, width-32 GPT-2 with the real GPT-2 tokenizer (for tests)."""
+def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0, initializer_range: float = 0.02) -> LanguageModel:
+    """A random 2-layer, width-32 GPT-2 with the real GPT-2 tokenizer (for tests).
+
+    A larger `initializer_range` gives peaked next-token distributions, i.e. a scorer
+    whose perplexity differs a lot between token sequences.
+    """
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "gpt2"))
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     return _freeze((GPT2LMHeadModel(config), tokenizer), "tiny-gpt2")
