@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=None, help="write prompt.pt, card.json and metrics.json here")
     train.set_defaults(run=_train)
+
+    sweep = commands.add_parser("sweep", help="run (or --resume) a sweep from sweeps/*.yaml")
+    sweep.add_argument("spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml")
+    sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, type-checked (repeatable), e.g. --set trials=4")
+    sweep.add_argument("--smoke", action="store_true", help="apply the spec's `smoke:` overrides (tiny models)")
+    sweep.set_defaults(run=_sweep)
+
+    pareto = commands.add_parser("pareto", help="export the Pareto frontier of a sweep folder")
+    pareto.add_argument("folder", type=Path, help="the sweep folder (storage/name)")
+    pareto.add_argument("--out", type=Path, default=None, help="output folder (default FOLDER/pareto)")
+    pareto.set_defaults(run=_pareto)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on a sweep's store (127.0.0.1 only)")
+    ui.add_argument("folder", type=Path, nargs="?", default=Path("runs/quickstart"))
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(run=_ui)
     return parser
 
 
@@ -134,6 +152,49 @@ def _train(args: argparse.Namespace) -> int:
         (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str) + "\n")
         print(f"wrote {args.out}/{{state.pt,prompt.pt,card.json,metrics.json}}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from scrutable.config import parse_overrides
+    from scrutable.sweep.launcher import run_sweep
+    from scrutable.sweep.spec import load_spec
+
+    spec = load_spec(args.spec, parse_overrides(args.set), smoke=args.smoke)
+    summary = run_sweep(spec, resume=args.resume)
+    return 130 if summary["interrupted"] else 0
+
+
+def _sweep_folder_spec(folder: Path) -> "SweepSpec":  # noqa: F821, UP037
+    from scrutable.sweep.spec import load_spec
+
+    if not (folder / "spec.yaml").is_file():
+        raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
+    return load_spec(folder / "spec.yaml")
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from scrutable.sweep.export import collect_trials, export_pareto, render_summary
+
+    spec = _sweep_folder_spec(args.folder)
+    summary = export_pareto(collect_trials(args.folder.resolve(), spec), spec, args.out or args.folder / "pareto")
+    print(render_summary(summary))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    spec = _sweep_folder_spec(args.folder)
+    uri = spec.tracking.uri or f"sqlite:///{args.folder.resolve() / 'mlflow.db'}"
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 def load_soft_prompt(path: Path, hidden_size: int) -> "torch.Tensor":  # noqa: F821, UP037

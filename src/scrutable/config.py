@@ -121,7 +121,8 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
     if origin is dict or annotation is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
+        _, value_type = typing.get_args(annotation) or (str, Any)
+        return {key: coerce(item, value_type, f"{name}.{key}") for key, item in value.items()}
     return value
 
 

@@ -131,20 +131,21 @@ def run(
     generator = torch.Generator().manual_seed(config.seed)
     prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, generator))
     optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
-    step, best_metric, best_ids = 0, -math.inf, None
+    step, best_metric, best_ids, best_dev = 0, -math.inf, None, {}
     if state is not None:
         with torch.no_grad():
             prompt.copy_(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, best_metric, best_ids = int(state["step"]), float(state["best_metric"]), state["best_ids"]
+        best_dev = dict(state["best_dev"])
     train = s.task.examples("train")
     embeddings = s.lm.embedding_matrix
 
     def snapshot() -> dict[str, Any]:
         return {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "step": step, "best_metric": best_metric,
-                "best_ids": best_ids}
+                "best_ids": best_ids, "best_dev": best_dev}
 
     # --- train --------------------------------------------------------------------------
     totals: dict[str, list[float]] = {keys.TRAIN_LOSS: [], keys.TRAIN_TASK_LOSS: []}
@@ -175,27 +176,28 @@ def run(
             metrics[keys.TASK_DEV] = metrics[keys.TASK_DEV_UNEMBEDDED]
             if metrics[keys.TASK_DEV] > best_metric:
                 best_metric, best_ids = metrics[keys.TASK_DEV], torch.tensor(card.token_ids)
+                best_dev = {k: metrics[k] for k in (keys.TASK_DEV, keys.PERPLEXITY, keys.LOG_PERPLEXITY)}
             with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
             for values in totals.values():
                 values.clear()
             if step == config.steps:
-                best, card = final_metrics(s, config, best_ids)
+                best, card = final_metrics(s, config, best_ids, best_dev)
                 metrics.update(best)
             if report is not None:
                 report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
 
     # --- cleanup ------------------------------------------------------------------------
     if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
-        metrics, card = final_metrics(s, config, best_ids)
+        metrics, card = final_metrics(s, config, best_ids, best_dev)
     return TrainResult(metrics=metrics, card=card, state=snapshot())
 
 
-def final_metrics(s: Setup, config: PezConfig, best_ids: torch.Tensor) -> tuple[dict[str, Any], InterpretabilityCard]:
-    """The best projected prompt's dev and test metrics, perplexity and text, and its test card."""
-    hard = s.lm.embedding_matrix[best_ids]
-    dev, _ = evaluate(s, config, hard, is_soft=False)
-    test, card = evaluate(s, config, hard, is_soft=False, split="test")
-    out = {k: dev[k] for k in (keys.TASK_DEV, keys.PERPLEXITY, keys.LOG_PERPLEXITY)}
+def final_metrics(
+    s: Setup, config: PezConfig, best_ids: torch.Tensor, best_dev: dict[str, Any]
+) -> tuple[dict[str, Any], InterpretabilityCard]:
+    """The best projected prompt's dev numbers (kept when it was found), test metric and card."""
+    test, card = evaluate(s, config, s.lm.embedding_matrix[best_ids], is_soft=False, split="test")
+    out = dict(best_dev)
     out[keys.TASK_TEST] = out[keys.TASK_TEST_UNEMBEDDED] = test[keys.TASK_TEST]
     out.update(prompt_fields(card))
     return out, card

@@ -1,0 +1,1 @@
+"""Sweep engine: launch, track and summarise multi-objective Ray Tune sweeps."""

@@ -1,0 +1,99 @@
+"""Sweep spec validation: every shipped file loads, bad specs fail with one clear line."""
+
+from pathlib import Path
+
+import pytest
+
+from scrutable.errors import UserError
+from scrutable.sweep.spec import Dimension, Sampler, load_spec
+
+SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
+
+
+def test_the_paper_specs_and_the_quickstart_ship():
+    names = {p.stem for p in SWEEPS}
+    assert {"quickstart", "sst2_rlprompt", "boolq_soft_prompt", "boolq_pez", "yelp_rlprompt"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_sweep_file_loads_and_opens_with_a_comment(path):
+    spec = load_spec(path)
+    smoke = load_spec(path, smoke=True)
+    assert path.read_text().startswith("#")
+    assert spec.name == path.stem and smoke.model.startswith("tiny-")
+    assert [o.mode.value for o in spec.objectives] == ["max", "min"]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name: t
+method: pez
+task: sst2
+model: tiny-gpt2
+scorer: tiny-gpt2
+search:
+  alpha: {low: 0.01, high: 1.0, log: true, zero: true}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("trails: 3\n", "unknown key 'trails' in spec.yaml: did you mean 'trials'?"),
+        ("sampler: tpee\n", "sampler must be one of tpe, nsga2, gp, random, grid"),
+        ("trials: many\n", "trials must be an integer"),
+        ("training: {stepz: 3}\n", "unknown key 'stepz' in sweep 't' training: did you mean 'steps'?"),
+        ("objectives: [{metric: task/acc, mode: max}]\n", "did you mean 'task/dev_metric'?"),
+        ("training: {alpha: 0.1}\n", "alpha both searched and fixed"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path, extra, message):
+    with pytest.raises(UserError, match=message.replace("?", r"\?").replace("{", r"\{")):
+        load_spec(write(tmp_path, BASE + extra))
+
+
+def test_bad_dimension_and_yaml(tmp_path):
+    bad_dim = BASE.replace("low: 0.01", "low: 0.0")
+    with pytest.raises(UserError, match="a log range needs low > 0"):
+        load_spec(write(tmp_path, bad_dim))
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_spec(write(tmp_path, BASE + "search: [\n"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(UserError, match="unknown method 'pzz'"):
+        load_spec(write(tmp_path, BASE.replace("method: pez", "method: pzz")))
+
+
+def test_set_overrides_are_type_checked(tmp_path):
+    path = write(tmp_path, BASE)
+    spec = load_spec(path, {"trials": "5", "training.steps": "7", "search.prompt_length": "{values: [2, 3]}"})
+    assert spec.trials == 5 and spec.training["steps"] == 7
+    assert spec.search["prompt_length"].values == [2, 3]
+    with pytest.raises(UserError, match="trials must be an integer"):
+        load_spec(path, {"trials": "five"})
+    with pytest.raises(UserError, match="did you mean 'trials'"):
+        load_spec(path, {"trial": "5"})
+
+
+def test_alpha_zero_region_decodes_to_exactly_zero():
+    dim = Dimension(low=0.01, high=1.0, log=True, zero=True)
+    low, high = dim.encoded_bounds()
+    assert (low, high) == pytest.approx((-2.2, 0.0))
+    assert dim.decode(dim.zero_point()) == 0.0
+    assert dim.decode(-2.0) == pytest.approx(0.01) and dim.decode(-1.0) == pytest.approx(0.1)
+    assert dim.grid() == pytest.approx([0.0, 0.01, 0.01 * 100 ** (1 / 3), 0.01 * 100 ** (2 / 3), 1.0])
+
+
+def test_baseline_point_is_the_zero_alpha(tmp_path):
+    spec = load_spec(write(tmp_path, BASE + "  prompt_length: {values: [2, 4, 8]}\n"))
+    point = spec.baseline_point()
+    assert spec.decode(point) == {"alpha": 0.0, "prompt_length": 4}
+    config = spec.trial_config(point)
+    assert config.alpha == 0.0 and config.prompt_length == 4 and config.task == "sst2"
+    grid = load_spec(write(tmp_path, BASE + "sampler: grid\n"))
+    assert grid.sampler is Sampler.GRID and grid.baseline_point() is None
