@@ -130,7 +130,7 @@ def build_card(
     ppl = scorer.perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])[0]
     tokenizer = lm.tokenizer
     rows = [
-        TokenRow(int(t), tokenizer.decode([int(t)]), float(d))
+        TokenRow(int(t), str(tokenizer.decode([int(t)])), float(d))
         for t, d in zip(ids.tolist(), unembedded.distances.tolist(), strict=True)
     ]
     return InterpretabilityCard(
@@ -141,7 +141,7 @@ def build_card(
         distance_kind=str(Distance(distance)),
         is_soft=is_soft,
         tokens=rows,
-        unembedded_text=tokenizer.decode(ids.tolist()),
+        unembedded_text=str(tokenizer.decode(ids.tolist())),
         distance_differential=unembedded.distance_differential,
         output_mse=output_mse,
         top1_agreement=agreement,

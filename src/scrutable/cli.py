@@ -17,9 +17,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from scrutable.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from scrutable.sweep.spec import SweepSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,11 +165,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from scrutable.sweep.spec import load_spec
 
     spec = load_spec(args.spec, parse_overrides(args.set), smoke=args.smoke)
-    summary = run_sweep(spec, resume=args.resume)
+    try:
+        summary = run_sweep(spec, resume=args.resume)
+    finally:
+        import ray
+
+        ray.shutdown()
     return 130 if summary["interrupted"] else 0
 
 
-def _sweep_folder_spec(folder: Path) -> "SweepSpec":  # noqa: F821, UP037
+def _sweep_folder_spec(folder: Path) -> SweepSpec:
     from scrutable.sweep.spec import load_spec
 
     if not (folder / "spec.yaml").is_file():
@@ -197,7 +207,7 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
 
 
-def load_soft_prompt(path: Path, hidden_size: int) -> "torch.Tensor":  # noqa: F821, UP037
+def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:
     """A soft prompt file: a (L, D) tensor, or a dict holding one under 'prompt'."""
     import torch
 

@@ -78,8 +78,8 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
         try:
             return annotation(value)
         except ValueError:
-            choices = ", ".join(str(m.value) for m in annotation)
-            raise UserError(f"{name} must be one of {choices}, got {value!r}") from None
+            names = ", ".join(str(m.value) for m in annotation)
+            raise UserError(f"{name} must be one of {names}, got {value!r}") from None
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -71,19 +71,24 @@ class LanguageModel:
     start_token_override: int | None = None
 
     @property
+    def _input_embeddings(self) -> torch.Tensor:
+        weight: torch.Tensor = self.model.get_input_embeddings().weight  # type: ignore[assignment]
+        return weight
+
+    @property
     def vocab_size(self) -> int:
         # T5 pads its embedding matrix to 32,128 rows for 32,100 real tokens: the rows past
         # the tokenizer are never produced by it, so unembedding must not pick them.
-        return min(len(self.tokenizer), self.model.get_input_embeddings().weight.shape[0])
+        return min(len(self.tokenizer), int(self._input_embeddings.shape[0]))
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
         """(V, D) input embeddings restricted to real tokens."""
-        return self.model.get_input_embeddings().weight[: self.vocab_size]
+        return self._input_embeddings[: self.vocab_size]
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self._input_embeddings.shape[1])
 
     @property
     def start_token_id(self) -> int:
@@ -169,7 +174,9 @@ def _load_smollm2() -> LanguageModel:
     # The instruct tokenizer names <|im_start|> as BOS, a chat-turn marker; SmolLM2 was
     # pretrained on documents separated by <|endoftext|> (id 0), and plain text scores
     # ~5x lower perplexity after it ("The movie was great.": 100 vs 705 after <|im_start|>).
-    lm.start_token_override = int(lm.tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    end_of_text = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert isinstance(end_of_text, int)
+    lm.start_token_override = end_of_text
     return lm
 
 
@@ -212,7 +219,7 @@ def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0, initializer_ran
 def tiny_t5(data_dir: str | Path | None = None, seed: int = 0) -> LanguageModel:
     """A random 2-layer, width-32 T5 with the real T5 SentencePiece tokenizer (for tests)."""
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "t5"))
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # T5Config forwards extra kwargs
         vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
         num_decoder_layers=2, num_heads=2, decoder_start_token_id=tokenizer.pad_token_id,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

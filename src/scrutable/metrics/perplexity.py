@@ -71,7 +71,7 @@ def score_request(
     """Ids pass through when the vocabularies match; otherwise decoded text."""
     if task_lm.vocab_signature == scorer_signature:
         return ScoreRequest(token_ids=tuple(int(t) for t in token_ids))
-    return ScoreRequest(text=task_lm.tokenizer.decode(list(token_ids)))
+    return ScoreRequest(text=str(task_lm.tokenizer.decode(list(token_ids))))
 
 
 def _start_and_pad(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

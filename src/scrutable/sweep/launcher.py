@@ -34,7 +34,6 @@ QUIET_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # Tune's own JSON/CSV logs suffice; no TensorBoard
 }
 
 
@@ -48,7 +47,7 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Any:
     for name, dim in spec.search.items():
         if spec.sampler is Sampler.GRID or dim.values is not None:
             space[name] = CategoricalDistribution(dim.grid())
-        elif dim.int and not dim.log:
+        elif dim.integer and not dim.log:
             low, high = dim.encoded_bounds()
             space[name] = IntDistribution(int(low), int(high))
         else:
@@ -119,7 +118,7 @@ def _fmt(value: Any) -> str:
 def _callback_class() -> Any:
     from ray.tune import Callback
 
-    class Progress(Callback):  # type: ignore[misc]
+    class Progress(Callback):
         def __init__(self, table: LiveTable) -> None:
             self.table = table
 
@@ -183,6 +182,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     # --- setup --------------------------------------------------------------------------
     os.environ.update(QUIET_ENV)
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     folder = spec.folder()
     tune_dir = folder / "tune"
     if resume and not tune.Tuner.can_restore(str(tune_dir)):

@@ -149,8 +149,8 @@ def start_scorer(
     sweep_name: str, scorer: str, data_dir: str | None, *, num_gpus: float, max_batch: int, max_wait_ms: float
 ) -> Any:
     """Create (or reuse, on resume) the sweep's named scorer actor and wait until it is up."""
-    remote_cls = ray.remote(ScorerService)
-    handle = remote_cls.options(  # type: ignore[attr-defined]
+    remote_cls: Any = ray.remote(ScorerService)
+    handle = remote_cls.options(
         name=actor_name(sweep_name),
         namespace=NAMESPACE,
         get_if_exists=True,

@@ -17,7 +17,7 @@
     concurrency: 2
     training: {steps: 40, batch_size: 8}   # any field of the method's config
 
-Search dimensions: `{low, high, log}` is a float range (integer with `int: true`),
+Search dimensions: `{low, high, log}` is a float range (integer with `integer: true`),
 `{values: [...]}` a choice. `zero: true` on a log range adds an explicit 0 point: Optuna
 searches u uniformly over [log10(low) - w, log10(high)] with w one tenth of the range's
 width, and u < log10(low) means exactly 0. The space stays continuous for TPE/GP/NSGA-II
@@ -65,7 +65,7 @@ class Dimension:
     low: float | None = None
     high: float | None = None
     log: bool = False
-    int: bool = False
+    integer: bool = False
     zero: bool = False
     values: list[Any] | None = None
     grid_points: int = 4  # values per range for the grid sampler
@@ -102,7 +102,7 @@ class Dimension:
         if self.log:
             assert self.low is not None
             value = 0.0 if value < math.log10(self.low) else 10.0**value
-        return int(round(value)) if self.int else float(value)
+        return int(round(value)) if self.integer else float(value)
 
     def grid(self) -> list[Any]:
         if self.values is not None:
@@ -113,7 +113,7 @@ class Dimension:
             points = [self.low * (self.high / self.low) ** (i / (n - 1)) for i in range(n)]
         else:
             points = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
-        if self.int:
+        if self.integer:
             points = sorted({int(round(p)) for p in points})
         return ([0.0] if self.zero else []) + points
 
@@ -251,7 +251,7 @@ class SweepSpec:
                 point[name] = dim.values[len(dim.values) // 2]
             else:
                 low, high = dim.encoded_bounds()
-                point[name] = round((low + high) / 2) if dim.int and not dim.log else (low + high) / 2
+                point[name] = round((low + high) / 2) if dim.integer and not dim.log else (low + high) / 2
         return point
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,8 +290,15 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
         _set_dotted(raw, dotted, value, path)
     if smoke:
         raw = _merge(raw, raw.get("smoke") or {})
+    # Relative paths mean the launching directory; trials run elsewhere, so fix them now.
+    for key in ("data_dir", "storage"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(Path(raw[key]).expanduser().resolve())
     spec = from_mapping(SweepSpec, raw, where=path.name)
     spec.trial_config(spec.example_point())  # an unknown training key fails now, not in a trial
+    if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
+        raise UserError(f"data_dir {spec.data_dir} in {path.name} does not exist: point it at ../shared/data "
+                        "or remove it to load from the hub")
     return spec
 
 

@@ -35,8 +35,12 @@ def default_uri(folder: Path) -> str:
 
 
 def _client(uri: str) -> Any:
+    import logging
+
     import mlflow
 
+    # mlflow sets its logger up on import; its INFO lines (database migrations) are noise here.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 

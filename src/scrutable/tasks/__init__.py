@@ -49,7 +49,7 @@ def get_task(name: str, *, data_dir: str | Path | None = None, seed: int | None 
     if name not in TASKS:
         raise UserError(f"unknown task '{name}': {closest(name, TASKS)}")
     chosen_seed = DEFAULT_SEEDS[name] if seed is None else seed
-    return TASKS[name](resolve_data_dir(data_dir), chosen_seed)  # type: ignore[no-any-return]
+    return TASKS[name](resolve_data_dir(data_dir), chosen_seed)
 
 
 __all__ = ["TASKS", "RewardResult", "Split", "Task", "get_task", "sample_batch", "closest"]

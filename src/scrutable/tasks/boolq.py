@@ -14,6 +14,8 @@ validation set split the same way (first 50 dev, rest test).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 import json
 import random
 from pathlib import Path
@@ -35,7 +37,9 @@ MAX_PASSAGE_TOKENS = 256
 
 def make_boolq(data_dir: Path | None, seed: int = 0) -> ClassificationTask:
     if data_dir is None:
-        loaders = {split: (lambda split=split: _from_hub(split, seed)) for split in Split}
+        loaders: dict[Split, Callable[[], list[LabeledExample]]] = {
+            split: partial(_from_hub, split, seed) for split in Split
+        }
     else:
         root = data_dir / "boolq"
         loaders = {

@@ -10,7 +10,7 @@ by 180 when not (Deng et al. 2022, `PromptedClassificationReward`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ class ClassificationTask:
     name: str
     verbalizers: dict[ModelKind, tuple[str, ...]]
     formatter: Formatter
-    loaders: dict[Split, Callable[[], list[LabeledExample]]]
+    loaders: Mapping[Split, Callable[[], list[LabeledExample]]]
     metric_name: str = "accuracy"
     supports_loss: bool = True
     _cache: dict[Split, list[LabeledExample]] = field(default_factory=dict)

@@ -13,6 +13,8 @@ path are therefore not comparable with the LM-BFF splits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 import csv
 import random
 from pathlib import Path
@@ -33,7 +35,9 @@ def make_sst2(data_dir: Path | None, seed: int = 13) -> ClassificationTask:
     if data_dir is not None and seed not in SEEDS:
         raise UserError(f"SST-2 few-shot seed {seed} has no local split: choose one of {SEEDS}")
     if data_dir is None:
-        loaders = {split: (lambda split=split: _from_hub(split, seed)) for split in Split}
+        loaders: dict[Split, Callable[[], list[LabeledExample]]] = {
+            split: partial(_from_hub, split, seed) for split in Split
+        }
     else:
         shots = data_dir / "sst2" / "16-shot" / str(seed)
         loaders = {

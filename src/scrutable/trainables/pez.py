@@ -181,6 +181,7 @@ def run(
             for values in totals.values():
                 values.clear()
             if step == config.steps:
+                assert best_ids is not None  # set at the first evaluation
                 best, card = final_metrics(s, config, best_ids, best_dev)
                 metrics.update(best)
             if report is not None:
@@ -188,6 +189,7 @@ def run(
 
     # --- cleanup ------------------------------------------------------------------------
     if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
+        assert best_ids is not None
         metrics, card = final_metrics(s, config, best_ids, best_dev)
     return TrainResult(metrics=metrics, card=card, state=snapshot())
 

@@ -1,0 +1,138 @@
+"""End-to-end sweeps on tiny models: Optuna's study really has two directions, MLflow
+holds one parent and one child per trial, the scorer actor is one instance whose batches
+mix trials, the Pareto files exist, every shipped spec runs in smoke mode, and a killed
+driver resumes without re-running finished trials or duplicating MLflow runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import ray
+
+from scrutable.sweep.launcher import run_sweep
+from scrutable.sweep.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray():
+    yield
+    ray.shutdown()
+
+
+def smoke_spec(name, tmp_path, **overrides):
+    values = {"storage": str(tmp_path), "data_dir": os.environ["SCRUTABLE_DATA_DIR"], **overrides}
+    return load_spec(REPO / "sweeps" / name, {k: str(v) for k, v in values.items()}, smoke=True)
+
+
+def children(folder):
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == folder.name]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("scrutable.role") == "parent"]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def test_quickstart_smoke_sweep_end_to_end(tmp_path):
+    spec = smoke_spec("quickstart.yaml", tmp_path, trials=3)
+    summary = run_sweep(spec)
+    folder = tmp_path / "quickstart"
+    assert summary["trials_finished"] == 3 and not summary["interrupted"]
+
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
+
+    parents, kids = children(folder)
+    assert len(parents) == 1 and len(kids) == 3
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parents[0].info.run_id}
+    assert all({"alpha", "prompt_length", "method", "model", "scorer", "seed"} <= set(k.data.params) for k in kids)
+    assert all("task/dev_metric" in k.data.metrics and "interp/perplexity" in k.data.metrics for k in kids)
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    artifacts = {a.path for a in client.list_artifacts(kids[0].info.run_id)}
+    assert {"card.json", "prompts"} <= artifacts
+    assert not (Path.cwd() / "mlflow.db").exists()  # no stray store in the working directory
+
+    assert summary["scorer"]["trials"] == 3  # one actor served every trial
+    for name in ("pareto.csv", "pareto.json", "pareto.png", "pareto.html", "trials.csv"):
+        assert (folder / "pareto" / name).stat().st_size > 0
+    frontier = json.loads((folder / "pareto" / "pareto.json").read_text())
+    assert frontier["frontier"] and "hypervolume" in frontier
+
+
+def test_scorer_actor_batches_across_trials(tmp_path):
+    from scrutable.metrics.perplexity import ScoreRequest
+    from scrutable.sweep.launcher import start_ray
+    from scrutable.sweep.scorer_actor import ActorScorer, start_scorer
+
+    spec = smoke_spec("quickstart.yaml", tmp_path)
+    start_ray(spec)
+    actor = start_scorer("batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0,
+                         max_batch=64, max_wait_ms=200)
+    again = start_scorer("batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0,
+                         max_batch=64, max_wait_ms=200)
+    assert actor._actor_id == again._actor_id  # get_if_exists: one instance per sweep
+
+    @ray.remote(num_cpus=0)
+    def trial(name):
+        scorer = ActorScorer("batching", name)
+        return [r.perplexity for r in scorer.perplexity([ScoreRequest(token_ids=(15496, 995, 318))] * 3)]
+
+    values = ray.get([trial.remote(f"trial-{i}") for i in range(4)])
+    assert all(v == pytest.approx(values[0][0]) for row in values for v in row)
+    stats = ray.get(actor.batch_stats.remote())
+    assert stats["trials"] == 4 and stats["mixed_batch_share"] > 0 and stats["mean_batch_size"] > 3
+    ray.kill(actor, no_restart=True)
+
+
+@pytest.mark.parametrize("path", [p for p in SWEEPS if p.stem != "quickstart"], ids=lambda p: p.stem)
+def test_paper_specs_run_in_smoke_mode(path, tmp_path):
+    summary = run_sweep(smoke_spec(path.name, tmp_path))
+    assert summary["trials_finished"] == summary["trials_planned"] and not summary["interrupted"]
+    assert (tmp_path / path.stem / "pareto" / "trials.csv").is_file()
+
+
+def test_resume_after_killing_the_driver(tmp_path):
+    args = [sys.executable, "-m", "scrutable.cli", "sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke",
+            "--set", f"storage={tmp_path}", "--set", f"data_dir={os.environ['SCRUTABLE_DATA_DIR']}",
+            "--set", "trials=4", "--set", "concurrency=1", "--set", "training.steps=6"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in first.stdout:  # kill once the first trial has finished
+        seen.append(line)
+        if "1/4 trials done" in line or time.monotonic() > deadline:
+            break
+    first.send_signal(signal.SIGTERM)  # `kill`: handled like Ctrl-C
+    first.communicate(timeout=120)
+    assert any("1/4 trials done" in line for line in seen), "".join(seen[-20:])
+    assert first.returncode == 130
+
+    folder = tmp_path / "quickstart"
+    done_before = {p.parent.name for p in folder.glob("tune/*/result.json")
+                   if any(json.loads(line).get("done") for line in p.read_text().splitlines())}
+    second = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+
+    results = sorted(folder.glob("tune/*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        steps = [json.loads(line)["train/step"] for line in path.read_text().splitlines()]
+        assert steps == sorted(set(steps)), (path.parent.name, steps)  # nothing re-ran
+    assert done_before  # at least one trial had finished before the kill
+    parents, kids = children(folder)
+    assert len(parents) == 1 and len(kids) == 4  # no duplicated MLflow runs
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
