@@ -53,8 +53,18 @@ def measure(method: str, model: str, steps: int, extra: dict[str, Any]) -> dict[
     scorer = LocalScorer(cached_model(model, None))
     scorer.perplexity = timer.wrap("scorer", scorer.perplexity)  # type: ignore[method-assign]
     scorer.perplexity_gradients = timer.wrap("scorer", scorer.perplexity_gradients)  # type: ignore[method-assign]
-    values = {"task": "sst2", "model": model, "scorer": model, "prompt_length": 5, "alpha": 0.5,
-              "steps": steps + 1, "eval_interval": 10_000, "eval_limit": 1, "test_limit": 1, **extra}
+    values = {
+        "task": "sst2",
+        "model": model,
+        "scorer": model,
+        "prompt_length": 5,
+        "alpha": 0.5,
+        "steps": steps + 1,
+        "eval_interval": 10_000,
+        "eval_limit": 1,
+        "test_limit": 1,
+        **extra,
+    }
     config = get_method(method).config_cls(**values)
     stamps: list[float] = []
     common.get_task = timed_task
@@ -84,14 +94,18 @@ def main() -> None:
         "pez": {"batch_size": args.batch_size},
         "rlprompt": {"batch_size": args.batch_size, "policy_model": args.model, "prompts_per_step": 16},
     }
-    print(f"model {args.model} (task model, scorer, policy), prompt length 5, batch {args.batch_size} examples"
-          f" (RLPrompt: 16 prompts x {args.batch_size} examples), torch threads {args.threads}")
+    print(
+        f"model {args.model} (task model, scorer, policy), prompt length 5, batch {args.batch_size} examples"
+        f" (RLPrompt: 16 prompts x {args.batch_size} examples), torch threads {args.threads}"
+    )
     print(f"{'method':<12} {'step (s)':>9} {'task fwd (s)':>13} {'scorer (s)':>11} {'rest (s)':>9}")
     for method, extra in setups.items():
         row = measure(method, args.model, args.steps, extra)
         rest = row["step_s"] - row.get("task_forward", 0.0) - row.get("scorer", 0.0)
-        print(f"{method:<12} {row['step_s']:>9.2f} {row.get('task_forward', 0.0):>13.2f} "
-              f"{row.get('scorer', 0.0):>11.2f} {rest:>9.2f}")
+        print(
+            f"{method:<12} {row['step_s']:>9.2f} {row.get('task_forward', 0.0):>13.2f} "
+            f"{row.get('scorer', 0.0):>11.2f} {rest:>9.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,23 @@ from scrutable.tasks import get_task
 
 def test_hard_prompt_card_matches_independent_numbers(tmp_path, capsys, tiny_gpt2, data_dir):
     out = tmp_path / "card.json"
-    code = main(["evaluate", "--task", "sst2", "--model", "tiny-gpt2", "--scorer", "tiny-gpt2",
-                 "--prompt", " It was", "--limit", "12", "--json", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "--task",
+            "sst2",
+            "--model",
+            "tiny-gpt2",
+            "--scorer",
+            "tiny-gpt2",
+            "--prompt",
+            " It was",
+            "--limit",
+            "12",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "Interpretability card" in capsys.readouterr().out
     card = json.loads(out.read_text())
@@ -34,8 +49,28 @@ def test_soft_prompt_card(tmp_path, tiny_gpt2, data_dir):
     path = tmp_path / "prompt.pt"
     torch.save({"prompt": soft}, path)
     out = tmp_path / "card.json"
-    assert main(["evaluate", "--task", "boolq", "--model", "tiny-gpt2", "--scorer", "tiny-gpt2",
-                 "--soft-prompt", str(path), "--limit", "8", "--distance", "cosine", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "boolq",
+                "--model",
+                "tiny-gpt2",
+                "--scorer",
+                "tiny-gpt2",
+                "--soft-prompt",
+                str(path),
+                "--limit",
+                "8",
+                "--distance",
+                "cosine",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     card = json.loads(out.read_text())
     expected = nearest_tokens(soft, tiny_gpt2.embedding_matrix, "cosine")
     assert [r["token_id"] for r in card["tokens"]] == expected.token_ids.tolist()
@@ -47,8 +82,24 @@ def test_soft_prompt_card(tmp_path, tiny_gpt2, data_dir):
 
 
 def test_t5_with_a_gpt2_scorer_retokenizes(tmp_path, capsys):
-    assert main(["evaluate", "--task", "boolq", "--model", "tiny-t5", "--scorer", "tiny-gpt2",
-                 "--prompt", "Answer the question", "--limit", "4"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "boolq",
+                "--model",
+                "tiny-t5",
+                "--scorer",
+                "tiny-gpt2",
+                "--prompt",
+                "Answer the question",
+                "--limit",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert "re-tokenised" in capsys.readouterr().out
 
 
@@ -76,8 +127,9 @@ def test_bad_soft_prompt_files(tmp_path, capsys):
     not_torch.write_text("hello")
     cases = [(wrong_width, "64 but the model's embeddings are 32"), (not_torch, "not a torch tensor file")]
     for path, message in cases:
-        code = main(["evaluate", "--task", "sst2", "--model", "tiny-gpt2", "--scorer", "tiny-gpt2",
-                     "--soft-prompt", str(path)])
+        code = main(
+            ["evaluate", "--task", "sst2", "--model", "tiny-gpt2", "--scorer", "tiny-gpt2", "--soft-prompt", str(path)]
+        )
         assert code == 2 and message in capsys.readouterr().err
 
 
@@ -85,10 +137,29 @@ def test_bad_soft_prompt_files(tmp_path, capsys):
 def test_console_script_on_smollm2(tmp_path):
     out = tmp_path / "card.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "scrutable.cli", "evaluate", "--task", "sst2", "--model", "smollm2-135m",
-         "--scorer", "smollm2-135m", "--prompt", " All in all, the movie was", "--split", "test",
-         "--limit", "64", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "scrutable.cli",
+            "evaluate",
+            "--task",
+            "sst2",
+            "--model",
+            "smollm2-135m",
+            "--scorer",
+            "smollm2-135m",
+            "--prompt",
+            " All in all, the movie was",
+            "--split",
+            "test",
+            "--limit",
+            "64",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     card = json.loads(out.read_text())

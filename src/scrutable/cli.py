@@ -37,7 +37,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub name, local folder, or smollm2-135m / tiny-gpt2 / tiny-t5")
     parser.add_argument("--scorer", default="gpt2-xl", help="perplexity scorer LM (default gpt2-xl)")
     parser.add_argument(
-        "--data-dir", default=None,
+        "--data-dir",
+        default=None,
         help="folder laid out like ../shared/data (default: $SCRUTABLE_DATA_DIR, else the hub)",
     )
     parser.add_argument("--seed", type=int, default=None, help="data seed (SST-2 few-shot split: 13, 21, 42, 87, 100)")
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--prompt-length", type=int, default=None)
     train.add_argument("--steps", type=int, default=None)
     train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="any other config field, type-checked (repeatable), e.g. --set learning_rate=0.01",
     )
     train.add_argument("--out", type=Path, default=None, help="write prompt.pt, card.json and metrics.json here")
@@ -74,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="run (or --resume) a sweep from sweeps/*.yaml")
     sweep.add_argument("spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml")
     sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field, type-checked (repeatable), e.g. --set trials=4")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, type-checked (repeatable), e.g. --set trials=4",
+    )
     sweep.add_argument("--smoke", action="store_true", help="apply the spec's `smoke:` overrides (tiny models)")
     sweep.set_defaults(run=_sweep)
 
@@ -114,8 +123,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         prompt, is_soft = load_soft_prompt(args.soft_prompt, lm.hidden_size), True
     card = build_card(
-        task, lm, LocalScorer(scorer_lm), prompt, is_soft=is_soft, split=args.split,
-        limit=args.limit, distance=args.distance,
+        task,
+        lm,
+        LocalScorer(scorer_lm),
+        prompt,
+        is_soft=is_soft,
+        split=args.split,
+        limit=args.limit,
+        distance=args.distance,
     )
     print(card.render())
     if args.json is not None:
@@ -133,8 +148,13 @@ def _train(args: argparse.Namespace) -> int:
 
     method = get_method(args.method)
     values: dict[str, object] = {"task": args.task, "model": args.model, "scorer": args.scorer}
-    flags = {"data_dir": args.data_dir, "data_seed": args.seed, "alpha": args.alpha,
-             "prompt_length": args.prompt_length, "steps": args.steps}
+    flags = {
+        "data_dir": args.data_dir,
+        "data_seed": args.seed,
+        "alpha": args.alpha,
+        "prompt_length": args.prompt_length,
+        "steps": args.steps,
+    }
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(parse_overrides(args.set))
     config = from_mapping(method.config_cls, values, where=f"{args.method} config")
@@ -147,15 +167,15 @@ def _train(args: argparse.Namespace) -> int:
         result = method.run(config, progress=progress)
     print(result.card.render())
     if args.out is not None:
-        save_state(result.state, args.out)
-        torch_prompt = {"prompt": result.state["prompt"]} if "prompt" in result.state else None
-        if torch_prompt is not None:
+        written = [save_state(result.state, args.out).name]
+        if "prompt" in result.state:  # a continuous prompt (soft prompt, PEZ): evaluate --soft-prompt
             import torch
 
-            torch.save(torch_prompt, args.out / "prompt.pt")
+            torch.save({"prompt": result.state["prompt"]}, args.out / "prompt.pt")
+            written.append("prompt.pt")
         (args.out / "card.json").write_text(json.dumps(result.card.to_dict(), indent=2) + "\n")
         (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}/{{state.pt,prompt.pt,card.json,metrics.json}}")
+        print(f"wrote {', '.join([*written, 'card.json', 'metrics.json'])} to {args.out}")
     return 0
 
 
@@ -199,8 +219,20 @@ def _ui(args: argparse.Namespace) -> int:
     uri = spec.tracking.uri or f"sqlite:///{args.folder.resolve() / 'mlflow.db'}"
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     try:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:

@@ -208,8 +208,13 @@ def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0, initializer_ran
     """
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "gpt2"))
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
@@ -220,9 +225,16 @@ def tiny_t5(data_dir: str | Path | None = None, seed: int = 0) -> LanguageModel:
     """A random 2-layer, width-32 T5 with the real T5 SentencePiece tokenizer (for tests)."""
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "t5"))
     config = T5Config(  # type: ignore[call-arg]  # T5Config forwards extra kwargs
-        vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
-        num_decoder_layers=2, num_heads=2, decoder_start_token_id=tokenizer.pad_token_id,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
     return _freeze((T5ForConditionalGeneration(config), tokenizer), "tiny-t5")
@@ -241,8 +253,11 @@ class SentenceEncoder:
         chunks = []
         for start in range(0, len(sentences), batch_size):
             enc = self.tokenizer(
-                sentences[start : start + batch_size], padding=True, truncation=True,
-                max_length=128, return_tensors="pt",
+                sentences[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
             )
             hidden = self.model(**enc).last_hidden_state  # (B, T, H)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

@@ -46,8 +46,13 @@ ALPHA = Dimension(low=0.01, high=10.0, log=True, zero=True)
 
 def make_spec(storage: Path | str = "runs", **changes) -> SweepSpec:
     spec = SweepSpec(
-        name="export-test", method="pez", task="sst2", model="tiny-gpt2", scorer="tiny-gpt2",
-        search={"alpha": ALPHA, "prompt_length": Dimension(values=[3, 8])}, storage=str(storage),
+        name="export-test",
+        method="pez",
+        task="sst2",
+        model="tiny-gpt2",
+        scorer="tiny-gpt2",
+        search={"alpha": ALPHA, "prompt_length": Dimension(values=[3, 8])},
+        storage=str(storage),
     )
     return replace(spec, **changes)
 
@@ -57,8 +62,14 @@ def fake_metrics(alpha: float, length: int, step: int) -> dict:
     dev = 0.9 - 0.02 * math.log1p(10 * alpha) - 0.01 * length + 0.001 * step
     perplexity = math.inf if alpha == 0 and length == 3 else 500 / (1 + 10 * alpha) + 10 * length
     return {
-        DEV: dev, TEST: dev - 0.05, PPL: perplexity, DIST: 0.1 * length, MSE: alpha / 10,
-        TOP1: 1.0 - alpha / 20, PDIFF: 0.01, STEP: step,
+        DEV: dev,
+        TEST: dev - 0.05,
+        PPL: perplexity,
+        DIST: 0.1 * length,
+        MSE: alpha / 10,
+        TOP1: 1.0 - alpha / 20,
+        PDIFF: 0.01,
+        STEP: step,
         "prompt/text": f"great movie {length} alpha {alpha:g}",
         "prompt/token_ids": " ".join(str(100 + i) for i in range(length)),
     }
@@ -85,7 +96,8 @@ def brute_frontier(records: list[TrialRecord], metrics: list[str], directions: l
 
     ok = [r for r in records if r.status == "TERMINATED" and all(math.isfinite(r.objectives[m]) for m in metrics)]
     return {
-        p.trial_id for p in ok
+        p.trial_id
+        for p in ok
         if not any(all(a >= b for a, b in zip(gains(q), gains(p), strict=True)) and gains(q) != gains(p) for q in ok)
     }
 
@@ -120,10 +132,14 @@ def sweep(tmp_path_factory):
             },
             tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),  # halves the run time
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(folder), verbose=0,
+                name="tune",
+                storage_path=str(folder),
+                verbose=0,
                 # The JSON logger explicitly, so both of collect_trials' sources get tested.
-                callbacks=[tracking.MlflowTracking(uri, experiment_id, parent_id, {"method": "fake"}),
-                           JsonLoggerCallback()],
+                callbacks=[
+                    tracking.MlflowTracking(uri, experiment_id, parent_id, {"method": "fake"}),
+                    JsonLoggerCallback(),
+                ],
             ),
         )
         results = tuner.fit()
@@ -171,8 +187,10 @@ def test_collect_trials_reads_statuses_results_and_run_ids(sweep):
 
 
 def _comparable(records: list[TrialRecord]) -> list[tuple]:
-    return [(r.trial_id, r.status, r.params, r.objectives, r.prompt_text, r.checkpoint and r.checkpoint.name, r.error)
-            for r in records]
+    return [
+        (r.trial_id, r.status, r.params, r.objectives, r.prompt_text, r.checkpoint and r.checkpoint.name, r.error)
+        for r in records
+    ]
 
 
 @pytest.mark.slow
@@ -232,8 +250,16 @@ def test_export_pareto_matches_brute_force_and_writes_files(sweep, tmp_path):
     assert saved["reference"]["values"] == pytest.approx(dict(zip(spec.metric_names, reference, strict=True)))
     assert saved["hypervolume"] == pytest.approx(summary.hypervolume)
     entry = saved["frontier"][0]
-    assert {"objectives", "params", "prompt_text", "token_ids", "faithfulness", "test_metric", "mlflow_run_id",
-            "checkpoint"} <= set(entry)
+    assert {
+        "objectives",
+        "params",
+        "prompt_text",
+        "token_ids",
+        "faithfulness",
+        "test_metric",
+        "mlflow_run_id",
+        "checkpoint",
+    } <= set(entry)
     assert entry["token_ids"] == [100, 101, 102] and Path(entry["checkpoint"]).is_dir()
 
     assert files["pareto.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files["pareto.png"].stat().st_size > 10_000
@@ -251,15 +277,25 @@ def test_export_pareto_matches_brute_force_and_writes_files(sweep, tmp_path):
 
 def record(trial_id: str, status: str = "TERMINATED", **objectives: float) -> TrialRecord:
     values = {f"task/{k}" if k.startswith("dev") else f"interp/{k}": v for k, v in objectives.items()}
-    return TrialRecord(trial_id=trial_id, status=status, params={"alpha": 0.5, "prompt_length": 3},
-                       objectives=values, metrics=dict(values), prompt_text=f"prompt of {trial_id}",
-                       error="ValueError: nope" if status == "ERROR" else None)
+    return TrialRecord(
+        trial_id=trial_id,
+        status=status,
+        params={"alpha": 0.5, "prompt_length": 3},
+        objectives=values,
+        metrics=dict(values),
+        prompt_text=f"prompt of {trial_id}",
+        error="ValueError: nope" if status == "ERROR" else None,
+    )
 
 
 def test_single_objective_frontier_is_the_best_trials(tmp_path):
     spec = make_spec(objectives=[Objective(keys.TASK_DEV, Mode.MAX)])
-    records = [record("a", dev_metric=0.7), record("b", dev_metric=0.9), record("c", dev_metric=0.9),
-               record("d", "ERROR")]
+    records = [
+        record("a", dev_metric=0.7),
+        record("b", dev_metric=0.9),
+        record("c", dev_metric=0.9),
+        record("d", "ERROR"),
+    ]
     summary = export_pareto(records, spec, tmp_path)
     assert [r.trial_id for r in summary.frontier] == ["b", "c"]
     reference = default_reference([[0.7], [0.9], [0.9]], [MAX])
@@ -270,14 +306,15 @@ def test_single_objective_frontier_is_the_best_trials(tmp_path):
 
 def test_no_completed_trial_writes_trials_csv_and_skips_plots(tmp_path):
     (tmp_path / "pareto.png").write_bytes(b"stale")
-    records = [record("a", "ERROR"), record("b", "RUNNING"),
-               record("c", dev_metric=0.8, perplexity=math.inf)]
+    records = [record("a", "ERROR"), record("b", "RUNNING"), record("c", dev_metric=0.8, perplexity=math.inf)]
     summary = export_pareto(records, make_spec(), tmp_path)
     assert summary.frontier == [] and summary.hypervolume is None and summary.reference is None
     assert "pareto.png" not in summary.files and not (tmp_path / "pareto.png").exists()
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [row["excluded"].split(":")[0].split(" (")[0] for row in rows] == [
-        "failed", "not completed", "non-finite interp/perplexity=inf"
+        "failed",
+        "not completed",
+        "non-finite interp/perplexity=inf",
     ]
     assert json.loads((tmp_path / "pareto.json").read_text())["frontier"] == []
     text = render_summary(summary)
@@ -296,19 +333,31 @@ def test_trial_folders_without_logs_or_state(tmp_path):
         (done / f"checkpoint_00000{index}" / "card.json").write_text(json.dumps({"final": final}))
     records = collect_trials(tmp_path, make_spec(tracking=Tracking(uri=f"sqlite:///{tmp_path / 'none.db'}")))
     assert [(r.trial_id, r.status, r.error) for r in records] == [
-        ("1b1b6aa7", "ERROR", "ValueError: nope"), ("8734c7fb", "TERMINATED", None)
+        ("1b1b6aa7", "ERROR", "ValueError: nope"),
+        ("8734c7fb", "TERMINATED", None),
     ]
     assert records[1].checkpoint == done / "checkpoint_000001" and records[1].objectives == {}
 
 
 def test_explicit_reference_and_three_objectives(tmp_path):
-    spec = make_spec(objectives=[Objective(keys.TASK_DEV, Mode.MAX), Objective(keys.PERPLEXITY, Mode.MIN),
-                                 Objective(keys.DISTANCE, Mode.MIN)])
+    spec = make_spec(
+        objectives=[
+            Objective(keys.TASK_DEV, Mode.MAX),
+            Objective(keys.PERPLEXITY, Mode.MIN),
+            Objective(keys.DISTANCE, Mode.MIN),
+        ]
+    )
     rng = np.random.default_rng(0)
-    records = [TrialRecord(trial_id=f"t{i}", status="TERMINATED", params={"alpha": float(i)},
-                           objectives={keys.TASK_DEV: float(d), keys.PERPLEXITY: float(p), keys.DISTANCE: float(x)},
-                           prompt_text=f"p{i}")
-               for i, (d, p, x) in enumerate(zip(rng.random(12), rng.uniform(5, 500, 12), rng.random(12), strict=True))]
+    records = [
+        TrialRecord(
+            trial_id=f"t{i}",
+            status="TERMINATED",
+            params={"alpha": float(i)},
+            objectives={keys.TASK_DEV: float(d), keys.PERPLEXITY: float(p), keys.DISTANCE: float(x)},
+            prompt_text=f"p{i}",
+        )
+        for i, (d, p, x) in enumerate(zip(rng.random(12), rng.uniform(5, 500, 12), rng.random(12), strict=True))
+    ]
     reference = [0.0, 1000.0, 2.0]
     summary = export_pareto(records, spec, tmp_path, reference=reference)
     directions = [MAX, MIN, MIN]

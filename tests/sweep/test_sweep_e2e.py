@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -79,18 +80,20 @@ def test_scorer_actor_batches_across_trials(tmp_path):
 
     spec = smoke_spec("quickstart.yaml", tmp_path)
     start_ray(spec)
-    actor = start_scorer("batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0,
-                         max_batch=64, max_wait_ms=200)
-    again = start_scorer("batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0,
-                         max_batch=64, max_wait_ms=200)
+    actor = start_scorer(
+        "batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0, max_batch=64, max_wait_ms=200
+    )
+    again = start_scorer(
+        "batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0, max_batch=64, max_wait_ms=200
+    )
     assert actor._actor_id == again._actor_id  # get_if_exists: one instance per sweep
 
-    @ray.remote(num_cpus=0)
-    def trial(name):
+    def trial(name):  # four trials' clients sending at once, as concurrent trials do
         scorer = ActorScorer("batching", name)
         return [r.perplexity for r in scorer.perplexity([ScoreRequest(token_ids=(15496, 995, 318))] * 3)]
 
-    values = ray.get([trial.remote(f"trial-{i}") for i in range(4)])
+    with ThreadPoolExecutor(4) as pool:
+        values = list(pool.map(trial, [f"trial-{i}" for i in range(4)]))
     assert all(v == pytest.approx(values[0][0]) for row in values for v in row)
     stats = ray.get(actor.batch_stats.remote())
     assert stats["trials"] == 4 and stats["mixed_batch_share"] > 0 and stats["mean_batch_size"] > 3
@@ -105,9 +108,24 @@ def test_paper_specs_run_in_smoke_mode(path, tmp_path):
 
 
 def test_resume_after_killing_the_driver(tmp_path):
-    args = [sys.executable, "-m", "scrutable.cli", "sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke",
-            "--set", f"storage={tmp_path}", "--set", f"data_dir={os.environ['SCRUTABLE_DATA_DIR']}",
-            "--set", "trials=4", "--set", "concurrency=1", "--set", "training.steps=6"]
+    args = [
+        sys.executable,
+        "-m",
+        "scrutable.cli",
+        "sweep",
+        str(REPO / "sweeps" / "quickstart.yaml"),
+        "--smoke",
+        "--set",
+        f"storage={tmp_path}",
+        "--set",
+        f"data_dir={os.environ['SCRUTABLE_DATA_DIR']}",
+        "--set",
+        "trials=4",
+        "--set",
+        "concurrency=1",
+        "--set",
+        "training.steps=6",
+    ]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     deadline = time.monotonic() + 240
@@ -121,8 +139,11 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert first.returncode == 130
 
     folder = tmp_path / "quickstart"
-    done_before = {p.parent.name for p in folder.glob("tune/*/result.json")
-                   if any(json.loads(line).get("done") for line in p.read_text().splitlines())}
+    done_before = {
+        p.parent.name
+        for p in folder.glob("tune/*/result.json")
+        if any(json.loads(line).get("done") for line in p.read_text().splitlines())
+    }
     second = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
 

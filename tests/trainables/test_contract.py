@@ -12,8 +12,17 @@ from scrutable.trainables import METHODS, get_method
 from scrutable.trainables.common import load_state, save_state
 
 COMMON = {
-    "task": "sst2", "model": "tiny-gpt2", "scorer": "tiny-gpt2", "prompt_length": 3, "steps": 4,
-    "eval_interval": 2, "batch_size": 4, "eval_limit": 8, "test_limit": 8, "alpha": 0.5, "seed": 3,
+    "task": "sst2",
+    "model": "tiny-gpt2",
+    "scorer": "tiny-gpt2",
+    "prompt_length": 3,
+    "steps": 4,
+    "eval_interval": 2,
+    "batch_size": 4,
+    "eval_limit": 8,
+    "test_limit": 8,
+    "alpha": 0.5,
+    "seed": 3,
 }
 EXTRA = {
     "soft_prompt": {"learning_rate": 0.3},
@@ -40,8 +49,16 @@ def test_reports_declared_keys_with_finite_values(name):
     result = get_method(name).run(make_config(name), report=reports.append)
     assert [r.step for r in reports] == [2, 4] and [r.final for r in reports] == [False, True]
     for report in reports:
-        for key in (keys.TASK_DEV, keys.TASK_DEV_UNEMBEDDED, keys.PERPLEXITY, keys.DISTANCE,
-                    keys.OUTPUT_MSE, keys.TOP1_AGREEMENT, keys.PERFORMANCE_DIFF, keys.TRAIN_STEP):
+        for key in (
+            keys.TASK_DEV,
+            keys.TASK_DEV_UNEMBEDDED,
+            keys.PERPLEXITY,
+            keys.DISTANCE,
+            keys.OUTPUT_MSE,
+            keys.TOP1_AGREEMENT,
+            keys.PERFORMANCE_DIFF,
+            keys.TRAIN_STEP,
+        ):
             assert math.isfinite(report.metrics[key]), (key, report.metrics[key])
         assert isinstance(report.metrics["prompt/text"], str)
         assert len(report.metrics["prompt/token_ids"]) == 3

@@ -7,7 +7,7 @@ import torch
 
 from scrutable.metrics import keys
 from scrutable.models import tiny_gpt2
-from scrutable.tasks import TASKS, DEFAULT_SEEDS
+from scrutable.tasks import DEFAULT_SEEDS, TASKS
 from scrutable.tasks.base import Split
 from scrutable.tasks.classification import ClassificationTask, LabeledExample
 from scrutable.tasks.sst2 import make_sst2
@@ -32,7 +32,9 @@ def keyword_task(data_dir, label):
         return lambda: [LabeledExample(e.text, label) for e in sst2.examples(split)[:32]]
 
     return ClassificationTask(
-        name="keyword", verbalizers=sst2.verbalizers, formatter=sst2.formatter,
+        name="keyword",
+        verbalizers=sst2.verbalizers,
+        formatter=sst2.formatter,
         loaders={split: relabel(split) for split in Split},
     )
 
@@ -57,8 +59,15 @@ def hard_keyword(monkeypatch, data_dir):
 
 def test_soft_prompt_learns_the_keyword(hard_keyword):
     config = soft_prompt.SoftPromptConfig(
-        task="keyword", model="tiny-gpt2", scorer="tiny-gpt2", prompt_length=4, steps=30,
-        eval_interval=10, batch_size=8, learning_rate=0.3, seed=1,
+        task="keyword",
+        model="tiny-gpt2",
+        scorer="tiny-gpt2",
+        prompt_length=4,
+        steps=30,
+        eval_interval=10,
+        batch_size=8,
+        learning_rate=0.3,
+        seed=1,
     )
     initial_accuracy = hard_keyword(config)
     reports = []
@@ -70,8 +79,14 @@ def test_soft_prompt_learns_the_keyword(hard_keyword):
 
 def test_pez_learns_the_keyword_with_hard_tokens(hard_keyword):
     config = pez.PezConfig(
-        task="keyword", model="tiny-gpt2", scorer="tiny-gpt2", prompt_length=4, steps=30,
-        eval_interval=10, batch_size=8, seed=1,
+        task="keyword",
+        model="tiny-gpt2",
+        scorer="tiny-gpt2",
+        prompt_length=4,
+        steps=30,
+        eval_interval=10,
+        batch_size=8,
+        seed=1,
     )
     initial_accuracy = hard_keyword(config)
     reports = []
@@ -89,8 +104,17 @@ def test_pez_alpha_lowers_prompt_perplexity(data_dir):
     final = {}
     for alpha in (0.0, 2.0):
         config = pez.PezConfig(
-            task="sst2", model="tiny-gpt2", scorer="tiny-gpt2", prompt_length=4, steps=25,
-            eval_interval=25, batch_size=4, eval_limit=8, test_limit=8, alpha=alpha, seed=2,
+            task="sst2",
+            model="tiny-gpt2",
+            scorer="tiny-gpt2",
+            prompt_length=4,
+            steps=25,
+            eval_interval=25,
+            batch_size=4,
+            eval_limit=8,
+            test_limit=8,
+            alpha=alpha,
+            seed=2,
         )
         reports = []
         pez.run(config, scorer=scorer, report=reports.append)
@@ -102,8 +126,17 @@ def test_pez_task_model_fluency_lowers_own_perplexity(data_dir):
     final = {}
     for alpha in (0.0, 2.0):
         config = pez.PezConfig(
-            task="sst2", model="tiny-gpt2", scorer="tiny-gpt2", prompt_length=4, steps=25,
-            eval_interval=25, batch_size=4, eval_limit=8, test_limit=8, alpha=alpha, seed=2,
+            task="sst2",
+            model="tiny-gpt2",
+            scorer="tiny-gpt2",
+            prompt_length=4,
+            steps=25,
+            eval_interval=25,
+            batch_size=4,
+            eval_limit=8,
+            test_limit=8,
+            alpha=alpha,
+            seed=2,
             perplexity_source="task_model",
         )
         reports = []

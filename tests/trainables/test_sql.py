@@ -39,8 +39,16 @@ def one_thread():
 
 def tiny_lm(seed: int = 0, initializer_range: float = 0.02) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        initializer_range=initializer_range, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=50,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        initializer_range=initializer_range,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -67,8 +75,9 @@ def lse(row: list[float]) -> float:
     return math.log(sum(math.exp(x) for x in row))
 
 
-def terms(kind: str, online: list[list[float]], target: list[list[float]],
-          actions: list[int], reward: float) -> list[float]:
+def terms(
+    kind: str, online: list[list[float]], target: list[list[float]], actions: list[int], reward: float
+) -> list[float]:
     """Per-step squared errors of one sequence (its length is len(actions))."""
     length = len(actions)
     q = [online[t][actions[t]] for t in range(length)]
@@ -94,8 +103,13 @@ REWARD = 1.7
 
 
 def tiny_case() -> tuple[torch.Tensor, ...]:
-    return (torch.tensor([LOGITS]), torch.tensor([TARGET]), torch.tensor([ACTIONS]),
-            torch.tensor([REWARD]), torch.tensor([2]))
+    return (
+        torch.tensor([LOGITS]),
+        torch.tensor([TARGET]),
+        torch.tensor([ACTIONS]),
+        torch.tensor([REWARD]),
+        torch.tensor([2]),
+    )
 
 
 def test_single_terms_match_hand_computed_values():
@@ -145,8 +159,11 @@ def test_lengths_mask_steps_and_loss_is_batch_mean_of_step_sums():
     rewards, lengths = torch.tensor([0.4, -1.3]), torch.tensor([3, 1])
     for kind in ("v1", "v2", "v3"):
         row_sums = [
-            sum(terms(kind, logits[b].tolist(), target[b].tolist(),
-                      actions[b, : lengths[b]].tolist(), rewards[b].item()))
+            sum(
+                terms(
+                    kind, logits[b].tolist(), target[b].tolist(), actions[b, : lengths[b]].tolist(), rewards[b].item()
+                )
+            )
             for b in range(2)
         ]
         loss, _ = soft_q_loss(logits, target, actions, rewards, lengths, impl=kind)
@@ -159,10 +176,10 @@ def test_lengths_mask_steps_and_loss_is_batch_mean_of_step_sums():
     poked_actions = actions.clone()
     poked_actions[1, 1:] = 3
     for coefficient in (None, 0.5):
-        before, before_stats = soft_q_loss(logits, target, actions, rewards, lengths,
-                                           coefficient=coefficient)
-        after, after_stats = soft_q_loss(poked_logits, poked_target, poked_actions, rewards,
-                                         lengths, coefficient=coefficient)
+        before, before_stats = soft_q_loss(logits, target, actions, rewards, lengths, coefficient=coefficient)
+        after, after_stats = soft_q_loss(
+            poked_logits, poked_target, poked_actions, rewards, lengths, coefficient=coefficient
+        )
         assert after.item() == pytest.approx(before.item(), rel=1e-6)
         assert after_stats == pytest.approx(before_stats, rel=1e-5)
 
@@ -185,15 +202,14 @@ def test_loss_is_zero_for_bellman_consistent_logits_and_grows_with_reward_error(
     logits, actions, rewards, lengths = bellman_consistent([3, 2, 1])
     for impl in SoftQImpl:
         for coefficient in (None, 0.5):
-            loss, _ = soft_q_loss(logits, logits.clone(), actions, rewards, lengths,
-                                  impl=impl, coefficient=coefficient)
+            loss, _ = soft_q_loss(logits, logits.clone(), actions, rewards, lengths, impl=impl, coefficient=coefficient)
             assert loss.item() == pytest.approx(0.0, abs=1e-9), (impl, coefficient)
     # One unit of reward error: v2 sees it at the last step only, v3 at every step.
     off = rewards + 1.0
-    assert soft_q_loss(logits, logits, actions, off, lengths, impl="v2")[0].item() \
-        == pytest.approx(1.0, rel=1e-5)
-    assert soft_q_loss(logits, logits, actions, off, lengths, impl="v3")[0].item() \
-        == pytest.approx(lengths.float().mean().item(), rel=1e-5)
+    assert soft_q_loss(logits, logits, actions, off, lengths, impl="v2")[0].item() == pytest.approx(1.0, rel=1e-5)
+    assert soft_q_loss(logits, logits, actions, off, lengths, impl="v3")[0].item() == pytest.approx(
+        lengths.float().mean().item(), rel=1e-5
+    )
 
 
 def test_loss_rejects_bad_inputs():
@@ -264,11 +280,9 @@ def test_target_shares_the_lm_and_polyak_moves_only_the_mlp():
             p.add_(1.0)
     old = [p.clone() for p in target.mlp.parameters()]
     polyak_update(target, policy, rate=0.1)
-    for new, prev, src in zip(target.mlp.parameters(), old, policy.mlp.parameters(),
-                              strict=True):
+    for new, prev, src in zip(target.mlp.parameters(), old, policy.mlp.parameters(), strict=True):
         assert torch.allclose(new, 0.9 * prev + 0.1 * src)
-    assert all(torch.equal(a, b) for a, b in zip(policy.lm.parameters(), lm_before,
-                                                 strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(policy.lm.parameters(), lm_before, strict=True))
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,16 +303,14 @@ def test_reference_init_gives_a_near_uniform_policy():
 def test_only_the_mlp_trains():
     policy = lively(AdaptorPolicy(tiny_lm(), hidden_size=16))
     target = policy.make_target()
-    assert {name.split(".")[0] for name, p in policy.named_parameters()
-            if p.requires_grad} == {"mlp"}
+    assert {name.split(".")[0] for name, p in policy.named_parameters() if p.requires_grad} == {"mlp"}
     policy.train()
     assert policy.mlp.training and not policy.lm.training
 
     ids, logits = policy.sample(4, 3, START, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         target_logits = target.forward_logits(ids, START)
-    loss, _ = soft_q_loss(logits, target_logits, ids, torch.randn(4), torch.full((4,), 3),
-                          coefficient=0.5)
+    loss, _ = soft_q_loss(logits, target_logits, ids, torch.randn(4), torch.full((4,), 3), coefficient=0.5)
     loss.backward()
     assert all(p.grad is None for p in policy.lm.parameters())
     assert all(p.grad is None for p in target.mlp.parameters())
@@ -308,13 +320,11 @@ def test_only_the_mlp_trains():
 
 def test_sample_shapes_vocab_restriction_and_determinism():
     policy = AdaptorPolicy(tiny_lm(), hidden_size=16, vocab_size=40)
-    ids, logits = policy.sample(6, 4, START, top_k=256,
-                                generator=torch.Generator().manual_seed(3))
+    ids, logits = policy.sample(6, 4, START, top_k=256, generator=torch.Generator().manual_seed(3))
     assert ids.shape == (6, 4) and ids.dtype == torch.long
     assert logits.shape == (6, 4, 40)
     assert int(ids.max()) < 40
-    again, _ = policy.sample(6, 4, START, top_k=256,
-                             generator=torch.Generator().manual_seed(3))
+    again, _ = policy.sample(6, 4, START, top_k=256, generator=torch.Generator().manual_seed(3))
     assert torch.equal(ids, again)
 
 
@@ -329,13 +339,11 @@ def test_cached_sampling_logits_equal_teacher_forced_logits():
 
 def test_sampling_respects_top_k():
     policy = lively(AdaptorPolicy(tiny_lm(), hidden_size=16))
-    ids, logits = policy.sample(64, 3, START, top_k=5,
-                                generator=torch.Generator().manual_seed(0))
+    ids, logits = policy.sample(64, 3, START, top_k=5, generator=torch.Generator().manual_seed(0))
     top5 = logits.topk(5, dim=-1).indices  # (B, L, 5)
     assert bool((top5 == ids.unsqueeze(-1)).any(dim=-1).all())
     assert ids.unique().numel() > 5  # the top-5 set differs by step, so this is not trivial
-    one_ids, _ = policy.sample(3, 4, START, top_k=1,
-                               generator=torch.Generator().manual_seed(0))
+    one_ids, _ = policy.sample(3, 4, START, top_k=1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(one_ids, policy.greedy(4, START, batch_size=3)[0])
 
 
@@ -354,11 +362,9 @@ def test_checkpoint_round_trip_holds_only_the_mlp():
     assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     fresh = AdaptorPolicy(tiny_lm(), hidden_size=16)
     prompt = torch.tensor([[4, 9, 2]])
-    assert not torch.allclose(fresh.forward_logits(prompt, START),
-                              policy.forward_logits(prompt, START))
+    assert not torch.allclose(fresh.forward_logits(prompt, START), policy.forward_logits(prompt, START))
     fresh.load_trainable_state_dict(state)
-    assert torch.allclose(fresh.forward_logits(prompt, START),
-                          policy.forward_logits(prompt, START))
+    assert torch.allclose(fresh.forward_logits(prompt, START), policy.forward_logits(prompt, START))
 
 
 def test_soft_q_learning_on_a_bandit_raises_the_rewarded_token():

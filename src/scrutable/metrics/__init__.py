@@ -22,8 +22,20 @@ from scrutable.metrics.perplexity import (
 from scrutable.metrics.unembed import Distance, Unembedding, nearest_tokens, project_to_vocabulary
 
 __all__ = [
-    "Distance", "LocalScorer", "OutputDifferential", "PerplexityGradient", "PerplexityResult",
-    "ScoreRequest", "Scorer", "Unembedding", "keys", "nearest_tokens", "output_differential",
-    "output_differential_from_logits", "performance_differential", "project_to_vocabulary",
-    "score_request", "sequence_perplexities",
+    "Distance",
+    "LocalScorer",
+    "OutputDifferential",
+    "PerplexityGradient",
+    "PerplexityResult",
+    "ScoreRequest",
+    "Scorer",
+    "Unembedding",
+    "keys",
+    "nearest_tokens",
+    "output_differential",
+    "output_differential_from_logits",
+    "performance_differential",
+    "project_to_vocabulary",
+    "score_request",
+    "sequence_perplexities",
 ]

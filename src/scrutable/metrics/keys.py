@@ -21,9 +21,26 @@ TRAIN_LOSS = "train/loss"
 TRAIN_TASK_LOSS = "train/task_loss"
 TRAIN_REWARD = "train/reward"
 TRAIN_STEP = "train/step"
+TRAIN_PERPLEXITY = "train/perplexity"  # scorer perplexity of the prompts sampled in training
+TRAIN_LOG_PERPLEXITY = "train/log_perplexity"  # their mean NLL: robust to the odd gibberish prompt
+TRAIN_TASK_METRIC = "train/task_metric"  # task metric of the sampled prompts on their batch
 
 ALL_NUMERIC = (
-    TASK_DEV, TASK_DEV_UNEMBEDDED, TASK_TEST, TASK_TEST_UNEMBEDDED, PERPLEXITY, LOG_PERPLEXITY,
-    DISTANCE, OUTPUT_MSE, TOP1_AGREEMENT, PERFORMANCE_DIFF, TRAIN_LOSS, TRAIN_TASK_LOSS,
-    TRAIN_REWARD, TRAIN_STEP,
+    TASK_DEV,
+    TASK_DEV_UNEMBEDDED,
+    TASK_TEST,
+    TASK_TEST_UNEMBEDDED,
+    PERPLEXITY,
+    LOG_PERPLEXITY,
+    DISTANCE,
+    OUTPUT_MSE,
+    TOP1_AGREEMENT,
+    PERFORMANCE_DIFF,
+    TRAIN_LOSS,
+    TRAIN_TASK_LOSS,
+    TRAIN_REWARD,
+    TRAIN_STEP,
+    TRAIN_PERPLEXITY,
+    TRAIN_LOG_PERPLEXITY,
+    TRAIN_TASK_METRIC,
 )

@@ -65,9 +65,7 @@ class Scorer(Protocol):
     def perplexity_gradients(self, token_ids: Sequence[Sequence[int]]) -> list[PerplexityGradient]: ...
 
 
-def score_request(
-    token_ids: Sequence[int], task_lm: LanguageModel, scorer_signature: str
-) -> ScoreRequest:
+def score_request(token_ids: Sequence[int], task_lm: LanguageModel, scorer_signature: str) -> ScoreRequest:
     """Ids pass through when the vocabularies match; otherwise decoded text."""
     if task_lm.vocab_signature == scorer_signature:
         return ScoreRequest(token_ids=tuple(int(t) for t in token_ids))
@@ -148,8 +146,9 @@ def onehot_gradients(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> l
     embedding = lm.embedding_matrix  # (V, D)
     onehot = F.one_hot(ids, num_classes=lm.vocab_size).to(embedding.dtype).requires_grad_(True)
     inputs_embeds = onehot @ embedding  # (N, 1+L, D), the input path
-    logits = lm.model(inputs_embeds=inputs_embeds, attention_mask=torch.cat(
-        [torch.ones_like(mask[:, :1]), mask], dim=1).long()).logits
+    logits = lm.model(
+        inputs_embeds=inputs_embeds, attention_mask=torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).long()
+    ).logits
     log_probs = F.log_softmax(logits[:, :-1, : lm.vocab_size].float(), dim=-1)  # (N, L, V)
     # The target path: NLL_i = -<onehot_i, log_probs_i>, differentiable in onehot_i as well.
     nll = -(onehot[:, 1:] * log_probs).sum(-1) * mask  # (N, L)

@@ -399,8 +399,11 @@ def export_pareto(
     if len(metrics) == 1:
         notes.append(f"single objective: the frontier is the best trial(s) by {metrics[0]}")
 
-    files = {"trials.csv": out_dir / "trials.csv", "pareto.csv": out_dir / "pareto.csv",
-             "pareto.json": out_dir / "pareto.json"}
+    files = {
+        "trials.csv": out_dir / "trials.csv",
+        "pareto.csv": out_dir / "pareto.csv",
+        "pareto.json": out_dir / "pareto.json",
+    }
     params = list(spec.search)
     _write_csv(files["trials.csv"], records, spec, frontier_ids, excluded, full=True)
     _write_csv(files["pareto.csv"], frontier, spec, frontier_ids, excluded, full=False)
@@ -451,8 +454,10 @@ def _exclusion(record: TrialRecord, metrics: Sequence[str]) -> str | None:
 
 def _best_first(records: list[TrialRecord], metrics: Sequence[str], directions: Sequence[str]) -> list[TrialRecord]:
     def key(record: TrialRecord) -> tuple[float, ...]:
-        return tuple(-record.objectives[m] if d == "maximize" else record.objectives[m]
-                     for m, d in zip(metrics, directions, strict=True))
+        return tuple(
+            -record.objectives[m] if d == "maximize" else record.objectives[m]
+            for m, d in zip(metrics, directions, strict=True)
+        )
 
     return sorted(records, key=lambda r: (key(r), r.trial_id))
 
@@ -481,12 +486,20 @@ def _write_csv(
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for r in records:
-            row: dict[str, Any] = {"trial_id": r.trial_id, "status": r.status,
-                                   "on_frontier": r.trial_id in frontier_ids}
+            row: dict[str, Any] = {
+                "trial_id": r.trial_id,
+                "status": r.status,
+                "on_frontier": r.trial_id in frontier_ids,
+            }
             row.update({name: r.params.get(name) for name in spec.search})
             row.update({column: r.metrics.get(column) for column in _value_columns(spec)})
-            row.update(prompt_text=r.prompt_text, token_ids=" ".join(map(str, r.token_ids)),
-                       mlflow_run_id=r.mlflow_run_id, checkpoint=r.checkpoint, excluded=excluded.get(r.trial_id))
+            row.update(
+                prompt_text=r.prompt_text,
+                token_ids=" ".join(map(str, r.token_ids)),
+                mlflow_run_id=r.mlflow_run_id,
+                checkpoint=r.checkpoint,
+                excluded=excluded.get(r.trial_id),
+            )
             writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
 
 
@@ -513,13 +526,20 @@ def _frontier_json(record: TrialRecord) -> dict[str, Any]:
 def _summary_json(summary: ParetoSummary) -> dict[str, Any]:
     reference = None
     if summary.reference is not None:
-        reference = {"values": dict(zip(summary.metric_names, summary.reference, strict=True)),
-                     "source": summary.reference_source}
+        reference = {
+            "values": dict(zip(summary.metric_names, summary.reference, strict=True)),
+            "source": summary.reference_source,
+        }
     return {
         "sweep": summary.sweep,
         "objectives": [{"metric": m, "mode": d} for m, d in zip(summary.metric_names, summary.directions, strict=True)],
-        "counts": {"trials": summary.n_trials, "completed": summary.n_completed, "failed": summary.n_failed,
-                   "excluded": summary.n_excluded, "frontier": len(summary.frontier)},
+        "counts": {
+            "trials": summary.n_trials,
+            "completed": summary.n_completed,
+            "failed": summary.n_failed,
+            "excluded": summary.n_excluded,
+            "frontier": len(summary.frontier),
+        },
         "hypervolume": summary.hypervolume,
         "reference": reference,
         "frontier": [_frontier_json(r) for r in summary.frontier],
@@ -563,8 +583,10 @@ def _truncate(text: str | None, chars: int = LABEL_CHARS) -> str:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{SHORT_PARAM.get(k, k)}={v:.3g}" if isinstance(v, float) else f"{SHORT_PARAM.get(k, k)}={v}"
-                     for k, v in params.items())
+    return ", ".join(
+        f"{SHORT_PARAM.get(k, k)}={v:.3g}" if isinstance(v, float) else f"{SHORT_PARAM.get(k, k)}={v}"
+        for k, v in params.items()
+    )
 
 
 def _plot_png(path: Path, eligible: list[TrialRecord], frontier_ids: set[str], spec: SweepSpec) -> None:
@@ -586,14 +608,26 @@ def _plot_png(path: Path, eligible: list[TrialRecord], frontier_ids: set[str], s
             return [0.0] * len(group) if j is None else [r.objectives[metrics[j]] for r in group]
 
         ax.scatter([r.objectives[xi] for r in rest], ys(rest), s=22, color="0.6", label="trial", zorder=2)
-        ax.scatter([r.objectives[xi] for r in best], ys(best), s=55, color="tab:red", edgecolor="black",
-                   label="Pareto frontier", zorder=3)
+        ax.scatter(
+            [r.objectives[xi] for r in best],
+            ys(best),
+            s=55,
+            color="tab:red",
+            edgecolor="black",
+            label="Pareto frontier",
+            zorder=3,
+        )
         if j is not None and len(metrics) == 2:
             steps = _step_path([(r.objectives[xi], r.objectives[metrics[j]]) for r in best], (modes[i], modes[j]))
             ax.plot([p[0] for p in steps], [p[1] for p in steps], color="tab:red", linewidth=1.2, zorder=1)
         for r, y in zip(best, ys(best), strict=True):
-            ax.annotate(_truncate(r.prompt_text) or r.trial_id, (r.objectives[xi], y), xytext=(5, 5),
-                        textcoords="offset points", fontsize=7)
+            ax.annotate(
+                _truncate(r.prompt_text) or r.trial_id,
+                (r.objectives[xi], y),
+                xytext=(5, 5),
+                textcoords="offset points",
+                fontsize=7,
+            )
         ax.set_xlabel(_axis_label(xi, modes[i]))
         if _log_axis(xi, [r.objectives[xi] for r in eligible]):
             ax.set_xscale("log")
@@ -606,7 +640,7 @@ def _plot_png(path: Path, eligible: list[TrialRecord], frontier_ids: set[str], s
         ax.grid(True, alpha=0.3)
         ax.margins(0.12)  # room for the prompt labels of extreme points
         ax.legend(fontsize=8, loc="best")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     figure.suptitle(f"sweep {spec.name}: {len(best)} of {len(eligible)} trials on the frontier")
     figure.savefig(path, dpi=120)
@@ -623,8 +657,10 @@ def _plot_html(path: Path, eligible: list[TrialRecord], frontier_ids: set[str], 
     figure = make_subplots(rows=rows, cols=columns)
     groups = {
         "trial": ([r for r in eligible if r.trial_id not in frontier_ids], {"size": 7, "color": "#999999"}),
-        "Pareto frontier": ([r for r in eligible if r.trial_id in frontier_ids],
-                            {"size": 11, "color": "#d62728", "line": {"width": 1, "color": "black"}}),
+        "Pareto frontier": (
+            [r for r in eligible if r.trial_id in frontier_ids],
+            {"size": 11, "color": "#d62728", "line": {"width": 1, "color": "black"}},
+        ),
     }
     for index, (i, j) in enumerate(panels):
         row, col = index // columns + 1, index % columns + 1
@@ -633,38 +669,60 @@ def _plot_html(path: Path, eligible: list[TrialRecord], frontier_ids: set[str], 
                 go.Scatter(
                     x=[r.objectives[metrics[i]] for r in group],
                     y=[0.0] * len(group) if j is None else [r.objectives[metrics[j]] for r in group],
-                    mode="markers", name=name, marker=marker, legendgroup=name, showlegend=index == 0,
-                    text=[_hover(r, metrics) for r in group], hovertemplate="%{text}<extra></extra>",
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    legendgroup=name,
+                    showlegend=index == 0,
+                    text=[_hover(r, metrics) for r in group],
+                    hovertemplate="%{text}<extra></extra>",
                 ),
-                row=row, col=col,
+                row=row,
+                col=col,
             )
         if j is not None and len(metrics) == 2:
             best = groups["Pareto frontier"][0]
             corners = [(r.objectives[metrics[i]], r.objectives[metrics[j]]) for r in best]
             steps = _step_path(corners, (modes[i], modes[j]))
             figure.add_trace(
-                go.Scatter(x=[p[0] for p in steps], y=[p[1] for p in steps], mode="lines", hoverinfo="skip",
-                           line={"color": "#d62728", "width": 1.5}, showlegend=False),
-                row=row, col=col,
+                go.Scatter(
+                    x=[p[0] for p in steps],
+                    y=[p[1] for p in steps],
+                    mode="lines",
+                    hoverinfo="skip",
+                    line={"color": "#d62728", "width": 1.5},
+                    showlegend=False,
+                ),
+                row=row,
+                col=col,
             )
         x_log = _log_axis(metrics[i], [r.objectives[metrics[i]] for r in eligible])
-        figure.update_xaxes(title_text=_axis_label(metrics[i], modes[i]), type="log" if x_log else None,
-                            row=row, col=col)
+        figure.update_xaxes(
+            title_text=_axis_label(metrics[i], modes[i]), type="log" if x_log else None, row=row, col=col
+        )
         if j is None:
             figure.update_yaxes(showticklabels=False, row=row, col=col)
         else:
             y_log = _log_axis(metrics[j], [r.objectives[metrics[j]] for r in eligible])
-            figure.update_yaxes(title_text=_axis_label(metrics[j], modes[j]), type="log" if y_log else None,
-                                row=row, col=col)
-    figure.update_layout(title=f"sweep {spec.name}: Pareto frontier", template="plotly_white",
-                         height=(320 if len(metrics) == 1 else 520) * rows, width=620 * columns)
+            figure.update_yaxes(
+                title_text=_axis_label(metrics[j], modes[j]), type="log" if y_log else None, row=row, col=col
+            )
+    figure.update_layout(
+        title=f"sweep {spec.name}: Pareto frontier",
+        template="plotly_white",
+        height=(320 if len(metrics) == 1 else 520) * rows,
+        width=620 * columns,
+    )
     # Inline plotly.js (~4.8 MB): the report must open on an offline cluster node.
     figure.write_html(path, include_plotlyjs=True, full_html=True)
 
 
 def _hover(record: TrialRecord, metrics: Sequence[str]) -> str:
-    lines = [f"<b>{html.escape(record.trial_id)}</b>", f"prompt: {html.escape(record.prompt_text or '')}",
-             html.escape(_params_text(record.params))]
+    lines = [
+        f"<b>{html.escape(record.trial_id)}</b>",
+        f"prompt: {html.escape(record.prompt_text or '')}",
+        html.escape(_params_text(record.params)),
+    ]
     lines += [f"{html.escape(m)} = {record.objectives[m]:.4g}" for m in metrics]
     return "<br>".join(lines)
 
@@ -679,12 +737,22 @@ def render_summary(summary: ParetoSummary, max_rows: int = 15) -> str:
         f"{summary.n_failed} failed, {summary.n_excluded} excluded; {len(summary.frontier)} on the Pareto frontier"
     ]
     if summary.frontier:
-        header = ["trial", *(f"{m} ({d})" for m, d in zip(summary.metric_names, summary.directions, strict=True)),
-                  *(SHORT_PARAM.get(p, p) for p in summary.param_names), "prompt"]
+        header = [
+            "trial",
+            *(f"{m} ({d})" for m, d in zip(summary.metric_names, summary.directions, strict=True)),
+            *(SHORT_PARAM.get(p, p) for p in summary.param_names),
+            "prompt",
+        ]
         rows = []
         for r in summary.frontier[:max_rows]:
-            rows.append([r.trial_id, *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
-                         *(_cell(r.params.get(p)) for p in summary.param_names), repr(_truncate(r.prompt_text, 40))])
+            rows.append(
+                [
+                    r.trial_id,
+                    *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
+                    *(_cell(r.params.get(p)) for p in summary.param_names),
+                    repr(_truncate(r.prompt_text, 40)),
+                ]
+            )
         widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
         for row in [header, *rows]:
             lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -692,8 +760,9 @@ def render_summary(summary: ParetoSummary, max_rows: int = 15) -> str:
             lines.append(f"  ... and {len(summary.frontier) - max_rows} more in pareto.csv")
     if summary.hypervolume is not None and summary.reference is not None:
         reference = ", ".join(f"{m}={v:.4g}" for m, v in zip(summary.metric_names, summary.reference, strict=True))
-        lines.append(f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; "
-                     f"{summary.reference_source})")
+        lines.append(
+            f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; {summary.reference_source})"
+        )
     for trial_id, reason in list(summary.failures.items())[:5]:
         lines.append(f"failed {trial_id}: {reason}")
     if len(summary.failures) > 5:

@@ -125,7 +125,9 @@ def _callback_class() -> Any:
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.table.update(trial, "RUNNING", force=True)
 
-        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
             self.table.update(trial, "RUNNING", result)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -160,6 +162,9 @@ def start_ray(spec: SweepSpec) -> None:
 
     if ray.is_initialized():
         return
+    # Before ray.init: the cluster and its workers must agree (e.g. on RAY_AUTH_MODE), or
+    # worker start-up fails.
+    os.environ.update(QUIET_ENV)
     env = {k: v for k, v in os.environ.items() if k.startswith(("SCRUTABLE_", "HF_", "TRANSFORMERS_"))}
     ray.init(
         namespace=NAMESPACE,
@@ -198,12 +203,22 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     start_ray(spec)
     started = time.monotonic()
     actor = start_scorer(
-        spec.name, spec.scorer, spec.fixed_config().get("data_dir"), num_gpus=spec.scorer_resources.gpu,
-        max_batch=spec.scorer_resources.max_batch, max_wait_ms=spec.scorer_resources.max_wait_ms,
+        spec.name,
+        spec.scorer,
+        spec.fixed_config().get("data_dir"),
+        num_gpus=spec.scorer_resources.gpu,
+        max_batch=spec.scorer_resources.max_batch,
+        max_wait_ms=spec.scorer_resources.max_wait_ms,
     )
     table = LiveTable(spec)
-    params = {"method": spec.method, "task": spec.task, "model": spec.model, "scorer": spec.scorer,
-              "seed": spec.seed, "sampler": spec.sampler.value}
+    params = {
+        "method": spec.method,
+        "task": spec.task,
+        "model": spec.model,
+        "scorer": spec.scorer,
+        "seed": spec.seed,
+        "sampler": spec.sampler.value,
+    }
     callbacks = [tracking.MlflowTracking(uri, experiment_id, parent_id, params), _callback_class()(table)]
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     wrapped = tune.with_resources(trainable, resources)
@@ -240,9 +255,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     finished = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     summary_data = export_pareto(records, spec, folder / "pareto")
     summary: dict[str, Any] = {
-        "sweep": spec.name, "folder": str(folder), "wall_time_s": round(elapsed, 1),
-        "trials_finished": finished, "trials_planned": spec.trials, "scorer": stats,
-        "tracking_uri": uri, "optuna_storage": spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}",
+        "sweep": spec.name,
+        "folder": str(folder),
+        "wall_time_s": round(elapsed, 1),
+        "trials_finished": finished,
+        "trials_planned": spec.trials,
+        "scorer": stats,
+        "tracking_uri": uri,
+        "optuna_storage": spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}",
         "mlflow_failed_writes": callbacks[0].failed_writes,
     }
     print(render_summary(summary_data))

@@ -227,8 +227,9 @@ class SweepSpec:
         from scrutable.trainables import get_method
 
         method = get_method(self.method)
-        return from_mapping(method.config_cls, {**self.fixed_config(), **self.decode(sampled)},
-                            where=f"sweep '{self.name}' training")
+        return from_mapping(
+            method.config_cls, {**self.fixed_config(), **self.decode(sampled)}, where=f"sweep '{self.name}' training"
+        )
 
     def example_point(self) -> dict[str, Any]:
         """A point inside the search space, to validate the trial config at load time."""
@@ -297,8 +298,10 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
     spec = from_mapping(SweepSpec, raw, where=path.name)
     spec.trial_config(spec.example_point())  # an unknown training key fails now, not in a trial
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
-        raise UserError(f"data_dir {spec.data_dir} in {path.name} does not exist: point it at ../shared/data "
-                        "or remove it to load from the hub")
+        raise UserError(
+            f"data_dir {spec.data_dir} in {path.name} does not exist: point it at ../shared/data "
+            "or remove it to load from the hub"
+        )
     return spec
 
 

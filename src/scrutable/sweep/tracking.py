@@ -124,10 +124,15 @@ class MlflowTracking(Callback):
         decoded = spec.decode(searched) if spec else {}
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{trial_id} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in decoded.items()),
-            tags={"mlflow.parentRunId": self.parent_id, TRIAL_TAG: trial_id, SWEEP_TAG: spec.name if spec else "",
-                  "method": spec.method if spec else "", "task": spec.task if spec else ""},
+            run_name=f"{trial_id} "
+            + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in decoded.items()),
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                TRIAL_TAG: trial_id,
+                SWEEP_TAG: spec.name if spec else "",
+                "method": spec.method if spec else "",
+                "task": spec.task if spec else "",
+            },
         )
         self.runs[trial_id] = run.info.run_id
         params = {**self.params, **decoded}
@@ -146,7 +151,9 @@ class MlflowTracking(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._safely(lambda: self.run_id(trial))
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         def write() -> None:
             from mlflow.entities import Metric
 

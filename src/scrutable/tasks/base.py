@@ -44,9 +44,7 @@ class Task(Protocol):
         """Differentiable mean task loss for one prompt (L, D) on a batch."""
         ...
 
-    def output_logits(
-        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]
-    ) -> torch.Tensor:
+    def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         """(P, B, C) logits the task reads its answer from (for the output differential)."""
         ...
 

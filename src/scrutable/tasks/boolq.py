@@ -14,10 +14,10 @@ validation set split the same way (first 50 dev, rest test).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 import json
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,7 @@ def read_jsonl(path: Path) -> list[LabeledExample]:
                 continue
             try:
                 row = json.loads(line)
-                examples.append(
-                    LabeledExample(text=row["passage"], question=row["question"], label=parse_label(row))
-                )
+                examples.append(LabeledExample(text=row["passage"], question=row["question"], label=parse_label(row)))
             except (KeyError, ValueError) as exc:
                 raise UserError(f"{path}:{number} is not a BoolQ row ({exc})") from None
     return examples
@@ -101,10 +99,7 @@ def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
         raise hub_error("google/boolq", exc) from None
 
     def convert(rows: Any) -> list[LabeledExample]:
-        return [
-            LabeledExample(text=r["passage"], question=r["question"], label=int(bool(r["answer"])))
-            for r in rows
-        ]
+        return [LabeledExample(text=r["passage"], question=r["question"], label=int(bool(r["answer"]))) for r in rows]
 
     if split is Split.TRAIN:
         indices = random.Random(seed).sample(range(len(data["train"])), TRAIN_SIZE)

@@ -65,9 +65,7 @@ class ClassificationTask:
             ids.append(pieces[0])
         return ids
 
-    def output_logits(
-        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]
-    ) -> torch.Tensor:
+    def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         """(P, B, C) verbalizer logits."""
         parts = [self.formatter(example, lm) for example in batch]
         spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)

@@ -13,10 +13,10 @@ path are therefore not comparable with the LM-BFF splits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 import csv
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from scrutable.errors import UserError

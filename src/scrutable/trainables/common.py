@@ -55,8 +55,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = {
-            "prompt_length": self.prompt_length, "steps": self.steps, "batch_size": self.batch_size,
-            "eval_interval": self.eval_interval, "learning_rate": self.learning_rate,
+            "prompt_length": self.prompt_length,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "eval_interval": self.eval_interval,
+            "learning_rate": self.learning_rate,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -127,8 +130,15 @@ def evaluate(
     """Metrics of one prompt (L, D) under the namespaced keys, plus its card."""
     limit = config.eval_limit if split == "dev" else config.test_limit
     card = build_card(
-        s.task, s.lm, s.scorer, prompt, is_soft=is_soft, split=split, limit=limit,
-        distance=config.distance, batch_size=max(config.batch_size, 16),
+        s.task,
+        s.lm,
+        s.scorer,
+        prompt,
+        is_soft=is_soft,
+        split=split,
+        limit=limit,
+        distance=config.distance,
+        batch_size=max(config.batch_size, 16),
     )
     metrics: dict[str, Any] = card.metrics(split_prefix=split)
     metrics.update(prompt_fields(card))
@@ -159,7 +169,9 @@ def init_from_tokens(lm: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
     return lm.embedding_matrix[ids].detach().clone()
 
 
-def initial_prompt(lm: LanguageModel, config: TrainConfig, init: str, init_text: str, generator: torch.Generator) -> torch.Tensor:
+def initial_prompt(
+    lm: LanguageModel, config: TrainConfig, init: str, init_text: str, generator: torch.Generator
+) -> torch.Tensor:
     """(L, D) starting prompt.
 
     - "vocab": embeddings of L tokens sampled from the 5,000 lowest ids (Lester et al.
@@ -186,3 +198,18 @@ def with_train_values(metrics: dict[str, Any], step: int, **values: float) -> di
     metrics[keys.TRAIN_STEP] = step
     metrics.update(values)
     return metrics
+
+
+BEST_DEV_KEYS = (keys.TASK_DEV, keys.TASK_DEV_UNEMBEDDED, keys.PERPLEXITY, keys.LOG_PERPLEXITY)
+
+
+def best_hard_prompt_metrics(
+    s: Setup, config: TrainConfig, best_ids: torch.Tensor, best_dev: Mapping[str, Any]
+) -> tuple[dict[str, Any], InterpretabilityCard]:
+    """Final numbers of the best hard prompt (PEZ, RLPrompt): its dev numbers, kept when it
+    was found (`BEST_DEV_KEYS`), plus its test metric, text and test card."""
+    test, card = evaluate(s, config, s.lm.embedding_matrix[best_ids], is_soft=False, split="test")
+    out = dict(best_dev)
+    out[keys.TASK_TEST] = out[keys.TASK_TEST_UNEMBEDDED] = test[keys.TASK_TEST]
+    out.update(prompt_fields(card))
+    return out, card

@@ -28,6 +28,7 @@ task loss's scale; `raw` penalises perplexity itself (gradient scaled by the per
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,7 +36,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from scrutable.card import InterpretabilityCard
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.metrics.perplexity import Scorer
@@ -43,16 +43,17 @@ from scrutable.metrics.unembed import Distance, project_to_vocabulary
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks import sample_batch
 from scrutable.trainables.common import (
+    BEST_DEV_KEYS,
     Evaluation,
     Progress,
     Report,
     Setup,
     TrainConfig,
     TrainResult,
+    best_hard_prompt_metrics,
     check_finite,
     evaluate,
     initial_prompt,
-    prompt_fields,
     setup,
     with_train_values,
 )
@@ -107,7 +108,9 @@ def scorer_term(s: Setup, config: PezConfig, prompt: torch.Tensor, ids: torch.Te
     return value + surrogate - surrogate.detach(), answer.result.perplexity
 
 
-def task_model_term(lm: LanguageModel, config: PezConfig, projected: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+def task_model_term(
+    lm: LanguageModel, config: PezConfig, projected: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, float]:
     """The task model's own mean NLL of the projected tokens, differentiable through them."""
     start = lm.embedding_matrix[lm.start_token_id].unsqueeze(0)  # (1, D)
     inputs = torch.cat([start, projected[:-1]]).unsqueeze(0)  # (1, L, D)
@@ -143,9 +146,15 @@ def run(
     embeddings = s.lm.embedding_matrix
 
     def snapshot() -> dict[str, Any]:
-        return {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "step": step, "best_metric": best_metric,
-                "best_ids": best_ids, "best_dev": best_dev}
+        return {
+            "prompt": prompt.detach().clone(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(),
+            "step": step,
+            "best_metric": best_metric,
+            "best_ids": best_ids,
+            "best_dev": best_dev,
+        }
 
     # --- train --------------------------------------------------------------------------
     totals: dict[str, list[float]] = {keys.TRAIN_LOSS: [], keys.TRAIN_TASK_LOSS: []}
@@ -176,13 +185,13 @@ def run(
             metrics[keys.TASK_DEV] = metrics[keys.TASK_DEV_UNEMBEDDED]
             if metrics[keys.TASK_DEV] > best_metric:
                 best_metric, best_ids = metrics[keys.TASK_DEV], torch.tensor(card.token_ids)
-                best_dev = {k: metrics[k] for k in (keys.TASK_DEV, keys.PERPLEXITY, keys.LOG_PERPLEXITY)}
+                best_dev = {k: metrics[k] for k in BEST_DEV_KEYS}
             with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
             for values in totals.values():
                 values.clear()
             if step == config.steps:
                 assert best_ids is not None  # set at the first evaluation
-                best, card = final_metrics(s, config, best_ids, best_dev)
+                best, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
                 metrics.update(best)
             if report is not None:
                 report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
@@ -190,16 +199,5 @@ def run(
     # --- cleanup ------------------------------------------------------------------------
     if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
         assert best_ids is not None
-        metrics, card = final_metrics(s, config, best_ids, best_dev)
+        metrics, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
     return TrainResult(metrics=metrics, card=card, state=snapshot())
-
-
-def final_metrics(
-    s: Setup, config: PezConfig, best_ids: torch.Tensor, best_dev: dict[str, Any]
-) -> tuple[dict[str, Any], InterpretabilityCard]:
-    """The best projected prompt's dev numbers (kept when it was found), test metric and card."""
-    test, card = evaluate(s, config, s.lm.embedding_matrix[best_ids], is_soft=False, split="test")
-    out = dict(best_dev)
-    out[keys.TASK_TEST] = out[keys.TASK_TEST_UNEMBEDDED] = test[keys.TASK_TEST]
-    out.update(prompt_fields(card))
-    return out, card

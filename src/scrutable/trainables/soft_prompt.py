@@ -14,6 +14,7 @@ The reference trains with Adafactor at learning rate 0.3 (no relative step, no s
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,10 +47,13 @@ class SoftPromptConfig(TrainConfig):
     init_text: str = ""
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     if name == "adafactor":
-        return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
-                         weight_decay=weight_decay)
+        return Adafactor(
+            params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=weight_decay
+        )
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -78,8 +82,13 @@ def run(
     train = s.task.examples("train")
 
     def snapshot() -> dict[str, Any]:
-        return {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "step": step}
+        # Deep copies: a report may keep the state while training mutates these in place.
+        return {
+            "prompt": prompt.detach().clone(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(),
+            "step": step,
+        }
 
     # --- train --------------------------------------------------------------------------
     losses: list[float] = []

@@ -86,8 +86,7 @@ DEFAULT_IMPL = SoftQImpl.V2_V2R_V3_V3R  # SQLModuleConfig.sql_loss_impl
 # Soft Q-learning loss with a sparse (terminal) reward
 # ---------------------------------------------------------------------------------------
 
-_RawLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                    torch.Tensor]
+_RawLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _chosen(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -118,8 +117,7 @@ def _soft_q_learning(
     """v1: regress Q_t on Vbar_{t+1}, and the last Q on the reward."""
     q = _chosen(logits, actions)  # (B, T)
     v_target = target_logits.logsumexp(dim=-1)  # (B, T)
-    q_target = torch.where(_is_last_step(lengths, q.shape[1]),
-                           rewards.unsqueeze(1), _next_step(v_target))
+    q_target = torch.where(_is_last_step(lengths, q.shape[1]), rewards.unsqueeze(1), _next_step(v_target))
     return (q - q_target) ** 2
 
 
@@ -133,9 +131,9 @@ def _single_step_pcl(
     """v2: regress A_t = log pi(a_t|s_t) on Vbar_{t+1} - Vbar_t (r - Vbar_t at the end)."""
     advantage = _chosen(logits, actions) - logits.logsumexp(dim=-1)  # (B, T)
     v_target = target_logits.logsumexp(dim=-1)  # (B, T)
-    advantage_target = torch.where(_is_last_step(lengths, advantage.shape[1]),
-                                   rewards.unsqueeze(1) - v_target,
-                                   _next_step(v_target) - v_target)
+    advantage_target = torch.where(
+        _is_last_step(lengths, advantage.shape[1]), rewards.unsqueeze(1) - v_target, _next_step(v_target) - v_target
+    )
     return (advantage - advantage_target) ** 2
 
 
@@ -185,8 +183,7 @@ def _raw_loss_for(impl: SoftQImpl, coefficient: float | None) -> _RawLoss:
         return _with_reversed(_single_step_pcl, coefficient)
     if impl is SoftQImpl.V3_V3R:
         return _with_reversed(_multi_step_pcl, coefficient)
-    single, multi = (_with_reversed(_single_step_pcl, coefficient),
-                     _with_reversed(_multi_step_pcl, coefficient))
+    single, multi = (_with_reversed(_single_step_pcl, coefficient), _with_reversed(_multi_step_pcl, coefficient))
     return lambda *args: (single(*args) + multi(*args)) / 2
 
 
@@ -200,15 +197,16 @@ def _check_loss_inputs(
     if logits.ndim != 3:
         raise ValueError(f"logits must be (B, T, V), got shape {tuple(logits.shape)}")
     if target_logits.shape != logits.shape:
-        raise ValueError(f"target_logits shape {tuple(target_logits.shape)} differs from "
-                         f"logits shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"target_logits shape {tuple(target_logits.shape)} differs from logits shape {tuple(logits.shape)}"
+        )
     batch, steps, _ = logits.shape
     if actions.shape != (batch, steps):
-        raise ValueError(f"actions must be (B, T) = {(batch, steps)}, "
-                         f"got {tuple(actions.shape)}")
+        raise ValueError(f"actions must be (B, T) = {(batch, steps)}, got {tuple(actions.shape)}")
     if rewards.shape != (batch,) or lengths.shape != (batch,):
-        raise ValueError(f"rewards and lengths must be (B,) = ({batch},), got "
-                         f"{tuple(rewards.shape)} and {tuple(lengths.shape)}")
+        raise ValueError(
+            f"rewards and lengths must be (B,) = ({batch},), got {tuple(rewards.shape)} and {tuple(lengths.shape)}"
+        )
     if bool((lengths < 1).any()) or bool((lengths > steps).any()):
         raise ValueError(f"lengths must lie in [1, T={steps}], got {lengths.tolist()}")
 
@@ -243,8 +241,9 @@ def soft_q_loss(
     try:
         impl = SoftQImpl(impl)
     except ValueError:
-        raise ValueError(f"unknown soft-Q loss impl {impl!r}; choose one of "
-                         f"{[member.value for member in SoftQImpl]}") from None
+        raise ValueError(
+            f"unknown soft-Q loss impl {impl!r}; choose one of {[member.value for member in SoftQImpl]}"
+        ) from None
     _check_loss_inputs(logits, target_logits, actions, rewards, lengths)
 
     raw = _raw_loss_for(impl, coefficient)(logits, target_logits, actions, rewards, lengths)
@@ -253,6 +252,7 @@ def soft_q_loss(
     loss = per_row.mean()
 
     with torch.no_grad():
+
         def time_mean(values: torch.Tensor) -> float:
             # The reference's masked mean: average the valid steps of each row, then the rows.
             summed = torch.where(valid, values, torch.zeros_like(values)).sum(dim=1)
@@ -387,8 +387,7 @@ class AdaptorPolicy(nn.Module):
             raise ValueError(f"{type(lm).__name__} has no linear LM head to reuse")
         rows, model_dim = head.weight.shape
         if vocab_size is not None and not 0 < vocab_size <= rows:
-            raise ValueError(f"vocab_size must lie in [1, {rows}] (LM head rows), "
-                             f"got {vocab_size}")
+            raise ValueError(f"vocab_size must lie in [1, {rows}] (LM head rows), got {vocab_size}")
         lm.eval()
         lm.requires_grad_(False)
         self.lm = lm
@@ -398,9 +397,9 @@ class AdaptorPolicy(nn.Module):
         self.logit_bias = logit_bias
         # The LM head may have rows no tokenizer produces; actions are the first rows only.
         self.vocab_size = rows if vocab_size is None else vocab_size
-        self.mlp = nn.Sequential(
-            nn.Linear(model_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, model_dim)
-        ).to(device=head.weight.device, dtype=head.weight.dtype)
+        self.mlp = nn.Sequential(nn.Linear(model_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, model_dim)).to(
+            device=head.weight.device, dtype=head.weight.dtype
+        )
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight, gain=MLP_INIT_GAIN)
@@ -413,9 +412,7 @@ class AdaptorPolicy(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------
 
-    def _hidden_states(
-        self, input_ids: torch.Tensor, cache: Any = None
-    ) -> tuple[torch.Tensor, Any]:
+    def _hidden_states(self, input_ids: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
         # base_model skips the full-vocabulary head we would otherwise compute and discard.
         out = self.lm.base_model(input_ids=input_ids, cache=cache, use_cache=True)
         return out.last_hidden_state, out.cache  # (B, T, D), KV cache
@@ -453,15 +450,11 @@ class AdaptorPolicy(nn.Module):
         unfiltered ones (bias included), as the reference feeds them to the loss. They
         carry gradients to the MLP unless called under `torch.no_grad()`.
         """
-        return self._decode(batch_size, length, start_token_id, top_k=top_k,
-                            generator=generator, greedy=False)
+        return self._decode(batch_size, length, start_token_id, top_k=top_k, generator=generator, greedy=False)
 
-    def greedy(
-        self, length: int, start_token_id: int, batch_size: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def greedy(self, length: int, start_token_id: int, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Argmax decoding (no top-k, as the reference's greedy_search): ids and logits."""
-        return self._decode(batch_size, length, start_token_id, top_k=None,
-                            generator=None, greedy=True)
+        return self._decode(batch_size, length, start_token_id, top_k=None, generator=None, greedy=True)
 
     def make_target(self) -> AdaptorPolicy:
         """A frozen copy for the target network that shares (does not copy) the LM."""
@@ -487,8 +480,7 @@ class AdaptorPolicy(nn.Module):
         greedy: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.lm.get_output_embeddings().weight.device
-        next_input = torch.full((batch_size, 1), start_token_id, dtype=torch.long,
-                                device=device)  # (B, 1)
+        next_input = torch.full((batch_size, 1), start_token_id, dtype=torch.long, device=device)  # (B, 1)
         cache = None
         ids: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []

@@ -1,0 +1,351 @@
+"""RLPrompt (Deng et al. 2022, arXiv:2205.12548) with a perplexity term in the reward.
+
+A policy writes hard prompts token by token: a frozen causal LM whose last hidden state
+passes through a trainable MLP before the LM head (`sql.AdaptorPolicy`). Each step
+(the reference's `SQLModule` + `Trainer`, github.com/mingkaid/rl-prompt):
+
+1. move the target MLP towards the online one (Polyak, rate 1e-3), before every step;
+2. sample P = `prompts_per_step` prompts of length L from the top-k policy and a batch
+   of B train examples;
+3. score all P x B pairs in one `task.reward(lm, ids (P, L), batch)` call, and all P
+   prompts' perplexities in one `scorer.perplexity([...])` call (so a shared scorer actor
+   can batch them);
+4. turn both into one reward per prompt (below), z-score across the P prompts, shape;
+5. soft Q-learning loss (`sql.soft_q_loss`) on the online logits from sampling and the
+   target MLP's teacher-forced logits of the same ids; Adam with gradient-norm clipping.
+
+Every `eval_interval` steps the greedy (argmax) prompt is evaluated on dev like any hard
+prompt; the best one on dev by the task metric is kept (as PEZ does, whatever alpha), and
+the final report gives its dev and test metrics. The state reported with each evaluation
+(MLP, target MLP, Adam, generator, step, best prompt) resumes the run exactly when the
+task's reward is deterministic (SST-2, BoolQ); Yelp samples its rewrites from its own seed
+and call count, which a resumed run starts again.
+
+Cost: with smollm2-135m as policy, task model and scorer, a step of 16 prompts x 16 SST-2
+examples (L = 5) takes ~34 s on 2 CPU cores, 91% of it the task model's forward pass over
+the 256 prompt-example pairs; sampling, the target pass, the scorer and the update are the
+rest. Perplexities are computed at alpha = 0 too (reported as `train/perplexity`, ~1% of
+a step with that scorer), so the unpenalised baseline shows how fluent its samples are.
+
+Reward. r_task (P,) is the task's reward (SST-2: the gap reward, -180..200 per example);
+t (P,) is the scorer's mean NLL of each prompt (`perplexity_term: log`, the log
+perplexity, ~2-12 nats) or its perplexity (`raw`). The two have unrelated scales: across
+the 16 prompts of a step (16 examples each) the SST-2 gap reward has a standard deviation
+of 10-28 (mean 17) and the log perplexity of 0.9-1.7 nats (mean 1.2; smollm2-135m as
+policy, task model and scorer, first 7 steps), so a raw `r_task - alpha * t` needs
+alpha ~ 15 merely to weigh the two equally on SST-2, a different alpha on Yelp (0-100
+reward), and another whenever the task model or batch size changes the spread. Hence the
+default `perplexity_placement: after_zscore` standardises each term across the P prompts
+of the step and then combines them:
+
+    after_zscore (default):  r = shape( z(r_task) - alpha * z(t) )
+    before_zscore:           r = shape( z(r_task - alpha * t) )
+    zscore: false:           r = shape( r_task - alpha * t )      (either placement)
+
+With after_zscore alpha is unit-free: alpha = 1 trades one standard deviation of task
+reward for one of log perplexity, on every task, scorer and prompt length, which is what
+a sweep over alpha needs; alpha = 0 is exactly the reference's shape(z(r_task)). A larger
+alpha also widens the shaped rewards (~sqrt(1 + alpha^2) for uncorrelated terms), as a
+larger penalty does in the raw form. `before_zscore` keeps the literal formula, with
+alpha in task-reward units per nat. `log` is the default term because z-scoring removes
+scale but not shape: perplexity is heavy-tailed (one gibberish prompt at 10^4 among
+others at 10^2 takes nearly all the spread and leaves the rest tied), log perplexity is
+not, and mean NLL is also what PEZ penalises.
+
+z-score groups: every prompt of a step is scored on the same batch, so the whole step is
+one group (the reference's few-shot classification). The reference's style transfer
+z-scores per source sentence across prompts; that needs per-input rewards, which the Task
+protocol averages away, so it lives in the task (`YelpTask.zscore_per_input`). Reference
+style-transfer settings here: top_k 50, logit_bias -10, reward_shaping (0, 1, -20, 80).
+
+Vocabularies: the sampled ids go to the task model unchanged, so the policy LM must share
+its vocabulary (`vocab_signature`); other pairs are refused. Decoding and re-tokenising
+would give prompts of varying length per row, which `task.reward`'s (P, L) ids cannot
+carry, and would make the policy's actions differ from the tokens that were scored.
+The scorer may use another vocabulary (prompts are then decoded and re-tokenised by it).
+
+    from scrutable.trainables.rlprompt import RLPromptConfig, run
+    result = run(RLPromptConfig(task="sst2", model="smollm2-135m", policy_model="smollm2-135m",
+                                scorer="smollm2-135m", alpha=1.0, steps=200))
+
+Tests: `python -m pytest tests/trainables/test_rlprompt.py -q`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from scrutable.errors import UserError
+from scrutable.metrics import keys
+from scrutable.metrics.perplexity import PerplexityResult, Scorer, score_request
+from scrutable.models import LanguageModel, ModelKind
+from scrutable.tasks import sample_batch
+from scrutable.trainables.common import (
+    BEST_DEV_KEYS,
+    Evaluation,
+    Progress,
+    Report,
+    Setup,
+    TrainConfig,
+    TrainResult,
+    best_hard_prompt_metrics,
+    cached_model,
+    check_finite,
+    evaluate,
+    setup,
+    with_train_values,
+)
+from scrutable.trainables.sql import (
+    DEFAULT_IMPL,
+    MLP_HIDDEN_SIZE,
+    POLYAK_RATE,
+    AdaptorPolicy,
+    SoftQImpl,
+    polyak_update,
+    shape_rewards,
+    soft_q_loss,
+    zscore,
+)
+
+# Means over the sampled prompts since the last evaluation (alongside keys.TRAIN_REWARD,
+# the raw task reward, and keys.TRAIN_LOSS).
+TRAIN_PERPLEXITY, TRAIN_LOG_PERPLEXITY, TRAIN_TASK_METRIC = (
+    keys.TRAIN_PERPLEXITY,
+    keys.TRAIN_LOG_PERPLEXITY,
+    keys.TRAIN_TASK_METRIC,
+)
+
+# examples/few-shot-classification/config.yaml: reward_shaping_old_min/max 0/1,
+# new_min/max 0/5, applied to the z-scored rewards.
+CLASSIFICATION_SHAPING = (0.0, 1.0, 0.0, 5.0)
+
+
+@dataclass(frozen=True)
+class RLPromptConfig(TrainConfig):
+    """RLPrompt's settings; defaults are the reference's few-shot classification ones.
+
+    The reference trains 12,000 steps; `steps` keeps the shared default so that a run
+    started without thought stays short.
+    """
+
+    policy_model: str = "distilgpt2"  # causal LM behind the policy; `model` is the task model
+    learning_rate: float = 5e-5
+    mlp_hidden_size: int = MLP_HIDDEN_SIZE
+    top_k: int = 256  # sample from the k most likely tokens; 0 samples from all
+    logit_bias: float = 0.0  # added to the policy's Q-values (style transfer: -10)
+    prompts_per_step: int = 16
+    grad_clip: float = 5.0  # max gradient norm of the MLP
+    polyak_rate: float = POLYAK_RATE
+    sql_impl: SoftQImpl = DEFAULT_IMPL
+    zscore: bool = True
+    # (old_min, old_max, new_min, new_max): [old_min, old_max] maps linearly onto [new_min, new_max].
+    reward_shaping: tuple[float, float, float, float] = CLASSIFICATION_SHAPING
+    perplexity_term: Literal["log", "raw"] = "log"
+    perplexity_placement: Literal["before_zscore", "after_zscore"] = "after_zscore"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            object.__setattr__(self, "sql_impl", SoftQImpl(self.sql_impl))
+        except ValueError:
+            raise ValueError(f"sql_impl must be one of {[m.value for m in SoftQImpl]}, got {self.sql_impl!r}") from None
+        if self.mlp_hidden_size < 1:
+            raise ValueError(f"mlp_hidden_size must be positive, got {self.mlp_hidden_size}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if self.zscore and self.prompts_per_step < 2:
+            raise ValueError(
+                "prompts_per_step must be at least 2 when zscore is on (the z-score "
+                f"of one prompt is always 0), got {self.prompts_per_step}"
+            )
+        if self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be positive, got {self.prompts_per_step}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not 0.0 <= self.polyak_rate <= 1.0:
+            raise ValueError(f"polyak_rate must lie in [0, 1], got {self.polyak_rate}")
+        if not math.isfinite(self.logit_bias):
+            raise ValueError(f"logit_bias must be finite, got {self.logit_bias}")
+        shaping = tuple(self.reward_shaping)
+        if len(shaping) != 4 or not all(math.isfinite(v) for v in shaping):
+            raise ValueError(
+                "reward_shaping must be four finite numbers (old_min, old_max, new_min, "
+                f"new_max), got {self.reward_shaping!r}"
+            )
+        if shaping[0] == shaping[1]:
+            raise ValueError(f"reward_shaping's old_min and old_max must differ, got {self.reward_shaping!r}")
+        object.__setattr__(self, "reward_shaping", tuple(float(v) for v in shaping))
+        if self.perplexity_term not in ("log", "raw"):
+            raise ValueError(f"perplexity_term must be 'log' or 'raw', got {self.perplexity_term!r}")
+        if self.perplexity_placement not in ("before_zscore", "after_zscore"):
+            raise ValueError(
+                f"perplexity_placement must be 'before_zscore' or 'after_zscore', got {self.perplexity_placement!r}"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces of a step
+# ---------------------------------------------------------------------------------------
+
+
+def load_policy_lm(s: Setup, config: RLPromptConfig) -> LanguageModel:
+    """The policy's frozen LM: causal, and sharing the task model's vocabulary."""
+    policy_lm = cached_model(config.policy_model, config.data_dir)
+    if policy_lm.kind is not ModelKind.CAUSAL:
+        raise UserError(
+            f"policy_model {config.policy_model} is seq2seq: RLPrompt's policy needs a causal LM "
+            "(distilgpt2, gpt2, smollm2-135m)"
+        )
+    if policy_lm.vocab_signature != s.lm.vocab_signature:
+        raise UserError(
+            f"policy_model {config.policy_model} and model {config.model} have different vocabularies: "
+            "RLPrompt hands the policy's token ids to the task model, so set policy_model to a model "
+            f"with {config.model}'s tokenizer (e.g. policy_model: {config.model})"
+        )
+    return policy_lm
+
+
+def perplexity_terms(results: list[PerplexityResult], term: str) -> torch.Tensor:
+    """(P,) the penalised quantity per prompt: mean NLL (log perplexity) or perplexity."""
+    return torch.tensor([r.mean_nll if term == "log" else r.perplexity for r in results])
+
+
+def combine_rewards(task_rewards: torch.Tensor, terms: torch.Tensor, config: RLPromptConfig) -> torch.Tensor:
+    """(P,) shaped training rewards from task rewards (P,) and perplexity terms (P,).
+
+    Formulas and the choice of default in the module docstring. alpha = 0 ignores the
+    terms entirely (they are only reported), which is the reference's reward.
+    """
+    rewards = task_rewards.float()
+    penalised = config.alpha > 0
+    if config.zscore and config.perplexity_placement == "after_zscore":
+        rewards = zscore(rewards)
+        if penalised:
+            rewards = rewards - config.alpha * zscore(terms.to(rewards.dtype))
+    else:
+        if penalised:
+            rewards = rewards - config.alpha * terms.to(rewards.dtype)
+        if config.zscore:
+            rewards = zscore(rewards)
+    return shape_rewards(rewards, *config.reward_shaping)
+
+
+@torch.no_grad()
+def greedy_prompt(policy: AdaptorPolicy, length: int, start_token_id: int) -> torch.Tensor:
+    ids, _ = policy.greedy(length, start_token_id)  # (1, L)
+    return ids[0]  # (L,)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def run(
+    config: RLPromptConfig,
+    *,
+    scorer: Scorer | None = None,
+    report: Report | None = None,
+    state: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    # --- setup --------------------------------------------------------------------------
+    s = setup(config, scorer)
+    policy_lm = load_policy_lm(s, config)
+    start = policy_lm.start_token_id
+    with torch.random.fork_rng(devices=[]):  # seeded MLP init without touching global RNG
+        torch.manual_seed(config.seed)
+        policy = AdaptorPolicy(
+            policy_lm.model,
+            hidden_size=config.mlp_hidden_size,
+            logit_bias=config.logit_bias,
+            vocab_size=policy_lm.vocab_size,
+        )
+    target = policy.make_target()  # shares the frozen LM, copies the MLP
+    optimizer = torch.optim.Adam(policy.mlp.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, best_metric, best_dev = 0, -math.inf, {}
+    best_ids: torch.Tensor | None = None  # the best greedy prompt on dev so far, (L,)
+    if state is not None:
+        policy.load_trainable_state_dict(state["mlp"])
+        target.load_trainable_state_dict(state["target_mlp"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, best_metric, best_ids = int(state["step"]), float(state["best_metric"]), state["best_ids"]
+        best_dev = dict(state["best_dev"])
+    train = s.task.examples("train")
+    lengths = torch.full((config.prompts_per_step,), config.prompt_length, dtype=torch.long)  # (P,)
+
+    def snapshot() -> dict[str, Any]:
+        # Deep copies: a report may keep the state while training mutates these in place.
+        return {
+            "mlp": copy.deepcopy(policy.trainable_state_dict()),
+            "target_mlp": copy.deepcopy(target.trainable_state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(),
+            "step": step,
+            "best_metric": best_metric,
+            "best_ids": None if best_ids is None else best_ids.clone(),
+            "best_dev": dict(best_dev),
+        }
+
+    # --- train --------------------------------------------------------------------------
+    totals: dict[str, list[float]] = {
+        keys.TRAIN_LOSS: [],
+        keys.TRAIN_REWARD: [],
+        TRAIN_TASK_METRIC: [],
+        TRAIN_PERPLEXITY: [],
+        TRAIN_LOG_PERPLEXITY: [],
+    }
+    while step < config.steps:
+        polyak_update(target, policy, config.polyak_rate)  # SQLModule._pre_steps: before every step
+        batch = sample_batch(train, config.batch_size, generator)
+        ids, logits = policy.sample(
+            config.prompts_per_step, config.prompt_length, start, top_k=config.top_k, generator=generator
+        )  # (P, L), (P, L, V) with grad
+        with torch.no_grad():
+            target_logits = target.forward_logits(ids, start)  # (P, L, V), teacher-forced
+        scored = s.task.reward(s.lm, ids, batch)  # rewards, metric: (P,) each
+        perplexities = s.scorer.perplexity([score_request(row, s.lm, s.scorer.vocab_signature) for row in ids.tolist()])
+        rewards = combine_rewards(scored.rewards, perplexity_terms(perplexities, config.perplexity_term), config)
+        loss, _ = soft_q_loss(logits, target_logits, ids, rewards, lengths, impl=config.sql_impl)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.mlp.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        totals[keys.TRAIN_LOSS].append(float(loss.detach()))
+        totals[keys.TRAIN_REWARD].append(float(scored.rewards.mean()))
+        totals[TRAIN_TASK_METRIC].append(float(scored.metric.float().mean()))
+        totals[TRAIN_PERPLEXITY].append(sum(r.perplexity for r in perplexities) / len(perplexities))
+        totals[TRAIN_LOG_PERPLEXITY].append(sum(r.mean_nll for r in perplexities) / len(perplexities))
+        check_finite(totals[keys.TRAIN_REWARD][-1], "the task reward", step, config)
+        check_finite(totals[keys.TRAIN_LOSS][-1], "the soft Q-learning loss", step, config)
+        if progress is not None:
+            progress(step, {"reward": totals[keys.TRAIN_REWARD][-1], "loss": totals[keys.TRAIN_LOSS][-1]})
+        if step % config.eval_interval == 0 or step == config.steps:
+            ids_now = greedy_prompt(policy, config.prompt_length, start)  # (L,)
+            metrics, card = evaluate(s, config, s.lm.embedding_matrix[ids_now], is_soft=False)
+            if best_ids is None or metrics[keys.TASK_DEV] > best_metric:
+                best_metric, best_ids = metrics[keys.TASK_DEV], ids_now
+                best_dev = {k: metrics[k] for k in BEST_DEV_KEYS}
+            with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
+            for values in totals.values():
+                values.clear()
+            if step == config.steps:
+                best, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
+                metrics.update(best)
+            if report is not None:
+                report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
+
+    # --- cleanup ------------------------------------------------------------------------
+    if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
+        if best_ids is None:
+            raise UserError("the checkpoint has no best prompt: resume from a state reported by this method")
+        metrics, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
+    return TrainResult(metrics=metrics, card=card, state=snapshot())
