@@ -37,8 +37,14 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread():
+    # Tiny matmuls on a shared 2-core machine: OpenMP spinning across threads makes them
+    # up to ~100x slower than one thread. Seeded so every test is reproducible.
     torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

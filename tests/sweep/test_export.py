@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # as the launcher: no result.json by default
 
 import numpy as np
 import pytest

@@ -80,6 +80,11 @@ def test_set_overrides_are_type_checked(tmp_path):
         load_spec(path, {"trial": "5"})
 
 
+def test_set_overrides_win_over_smoke_defaults():
+    smoke = load_spec(SWEEPS[0], {"trials": "4", "training.steps": "6"}, smoke=True)
+    assert smoke.trials == 4 and smoke.training["steps"] == 6 and smoke.model.startswith("tiny-")
+
+
 def test_alpha_zero_region_decodes_to_exactly_zero():
     dim = Dimension(low=0.01, high=1.0, log=True, zero=True)
     low, high = dim.encoded_bounds()

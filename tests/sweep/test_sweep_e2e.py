@@ -140,10 +140,11 @@ def test_resume_after_killing_the_driver(tmp_path):
 
     folder = tmp_path / "quickstart"
     done_before = {
-        p.parent.name
-        for p in folder.glob("tune/*/result.json")
-        if any(json.loads(line).get("done") for line in p.read_text().splitlines())
+        path.parent.parent.name
+        for path in folder.glob("tune/*/checkpoint_*/card.json")
+        if json.loads(path.read_text())["final"]
     }
+
     second = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
 

@@ -31,14 +31,6 @@ EXTRA = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models are far slower with two threads on two busy cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_config(name, **changes):
     return from_mapping(get_method(name).config_cls, {**COMMON, **EXTRA[name], **changes})
 

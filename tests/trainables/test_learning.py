@@ -15,14 +15,6 @@ from scrutable.trainables import pez, soft_prompt
 from scrutable.trainables.common import cached_model, initial_prompt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def keyword_task(data_dir, label):
     """SST-2 sentences, but the answer is always the keyword `label`: only the prompt can
     move a frozen random model there, so the prompt must learn it."""

@@ -38,16 +38,6 @@ from scrutable.trainables.sql import MLP_HIDDEN_SIZE, POLYAK_RATE, SoftQImpl, zs
 TINY = {"model": "tiny-gpt2", "policy_model": "tiny-gpt2"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: OpenMP spinning across threads makes them
-    # far slower than running on one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_lm() -> LanguageModel:
     """The model `run` loads for "tiny-gpt2" (the same object, from the process cache)."""

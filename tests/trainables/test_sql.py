@@ -27,16 +27,6 @@ from scrutable.trainables.sql import (
 START = 0  # start token id of the tiny LM
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: OpenMP spinning across threads makes them
-    # ~100x slower than running on one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_lm(seed: int = 0, initializer_range: float = 0.02) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(

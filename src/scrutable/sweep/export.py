@@ -192,8 +192,9 @@ class _Entry:
 
 
 def _entries_from_state(tune_dir: Path) -> list[_Entry] | None:
-    # A resumed sweep may leave several states; the newest one knows every trial.
-    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # A resumed sweep leaves one state per session, named by its start time; the newest
+    # session's knows every trial. (Not mtime: Tune re-syncs the old files too.)
+    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return None
     try:

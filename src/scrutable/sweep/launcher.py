@@ -229,7 +229,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     else:
         tuner = tune.Tuner(
             wrapped,
-            param_space={SPEC_KEY: spec},
+            param_space={SPEC_KEY: spec.to_dict()},
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(spec, folder),
                 num_samples=spec.trials,

@@ -274,6 +274,16 @@ class SweepSpec:
         return out
 
 
+def spec_from_config(value: Any) -> SweepSpec:
+    """The spec a trial carries in its config: a plain mapping (`SweepSpec.to_dict`).
+
+    A plain mapping, not the object: Tune swaps non-primitive values in `param_space` for
+    object-store placeholders, which do not survive `Tuner.restore`."""
+    if isinstance(value, SweepSpec):
+        return value
+    return from_mapping(SweepSpec, value, where="trial config")
+
+
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smoke: bool = False) -> SweepSpec:
     """Parse, override, validate. Every problem is one UserError line naming the file."""
     path = Path(path)
@@ -287,10 +297,10 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
         raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path} must be a mapping of keys (name, method, task, ...)")
+    if smoke:  # before --set, so explicit overrides win over the smoke defaults
+        raw = _merge(raw, raw.get("smoke") or {})
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
-    if smoke:
-        raw = _merge(raw, raw.get("smoke") or {})
     # Relative paths mean the launching directory; trials run elsewhere, so fix them now.
     for key in ("data_dir", "storage"):
         if isinstance(raw.get(key), str):

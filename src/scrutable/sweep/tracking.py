@@ -119,7 +119,10 @@ class MlflowTracking(Callback):
             self.runs[trial_id] = existing[0].info.run_id
             return self.runs[trial_id]
         config = trial.config
-        spec = config.get("scrutable_spec")
+        from scrutable.sweep.spec import spec_from_config
+
+        raw = config.get("scrutable_spec")
+        spec = spec_from_config(raw) if raw is not None else None
         searched = {name: config.get(name) for name in (spec.search if spec else {})}
         decoded = spec.decode(searched) if spec else {}
         run = self.client.create_run(

@@ -1,6 +1,6 @@
 """The Ray Tune adapter: a thin function trainable around any registered method's `run`.
 
-Ray stays here and in `scrutable.sweep`. The trial's `config` holds the sweep spec under
+Ray stays here and in `scrutable.sweep`. The trial's `config` holds the sweep spec (as a plain mapping) under
 `SPEC_KEY` and the searched values under their own names; the adapter builds the method's
 config from both, reconnects to the sweep's shared scorer actor, resumes from
 `tune.get_checkpoint()` when Tune restarts or restores the trial, and turns every
@@ -33,8 +33,9 @@ def tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def trainable(config: dict[str, Any]) -> None:
     from scrutable.sweep.scorer_actor import ActorScorer
+    from scrutable.sweep.spec import spec_from_config
 
-    spec = config[SPEC_KEY]
+    spec = spec_from_config(config[SPEC_KEY])
     method = get_method(spec.method)
     trial_config = spec.trial_config({name: config[name] for name in spec.search})
     scorer = ActorScorer(spec.name, tune.get_context().get_trial_id())
