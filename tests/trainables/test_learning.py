@@ -49,28 +49,14 @@ def hard_keyword(monkeypatch, data_dir):
     return register
 
 
-def test_soft_prompt_learns_the_keyword(hard_keyword):
-    config = soft_prompt.SoftPromptConfig(
-        task="keyword",
-        model="tiny-gpt2",
-        scorer="tiny-gpt2",
-        prompt_length=4,
-        steps=30,
-        eval_interval=10,
-        batch_size=8,
-        learning_rate=0.3,
-        seed=1,
-    )
-    initial_accuracy = hard_keyword(config)
-    reports = []
-    soft_prompt.run(config, report=reports.append)
-    assert initial_accuracy <= 0.5
-    assert reports[-1].metrics[keys.TRAIN_TASK_LOSS] < reports[0].metrics[keys.TRAIN_TASK_LOSS]
-    assert reports[-1].metrics[keys.TASK_DEV] > initial_accuracy + 0.3
-
-
-def test_pez_learns_the_keyword_with_hard_tokens(hard_keyword):
-    config = pez.PezConfig(
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [(soft_prompt, {"learning_rate": 0.3}), (pez, {})],  # PEZ reports its best projected prompt
+    ids=["soft_prompt", "pez"],
+)
+def test_learns_the_keyword(module, extra, hard_keyword):
+    config_cls = soft_prompt.SoftPromptConfig if module is soft_prompt else pez.PezConfig
+    config = config_cls(
         task="keyword",
         model="tiny-gpt2",
         scorer="tiny-gpt2",
@@ -79,13 +65,14 @@ def test_pez_learns_the_keyword_with_hard_tokens(hard_keyword):
         eval_interval=10,
         batch_size=8,
         seed=1,
+        **extra,
     )
     initial_accuracy = hard_keyword(config)
     reports = []
-    result = pez.run(config, report=reports.append)
+    result = module.run(config, report=reports.append)
     assert initial_accuracy <= 0.5
     assert reports[-1].metrics[keys.TRAIN_TASK_LOSS] < reports[0].metrics[keys.TRAIN_TASK_LOSS]
-    assert result.metrics[keys.TASK_DEV] > initial_accuracy + 0.3  # the best projected prompt
+    assert result.metrics[keys.TASK_DEV] > initial_accuracy + 0.3
 
 
 def test_pez_alpha_lowers_prompt_perplexity(data_dir):
