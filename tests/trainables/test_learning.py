@@ -75,50 +75,38 @@ def test_learns_the_keyword(module, extra, hard_keyword):
     assert result.metrics[keys.TASK_DEV] > initial_accuracy + 0.3
 
 
+def pez_perplexity_by_alpha(scorer=None, **extra):
+    """The final prompt's scorer perplexity at alpha 0 and 2, same seeds otherwise."""
+    final = {}
+    for alpha in (0.0, 2.0):
+        config = pez.PezConfig(
+            task="sst2",
+            model="tiny-gpt2",
+            scorer="tiny-gpt2",
+            prompt_length=4,
+            steps=25,
+            eval_interval=25,
+            batch_size=4,
+            eval_limit=8,
+            test_limit=8,
+            alpha=alpha,
+            seed=2,
+            **extra,
+        )
+        reports = []
+        pez.run(config, scorer=scorer, report=reports.append)
+        final[alpha] = reports[-1].metrics[keys.PERPLEXITY]
+    return final
+
+
 def test_pez_alpha_lowers_prompt_perplexity(data_dir):
     """A peaked random scorer (same vocabulary) makes some token sequences far likelier."""
     from scrutable.metrics import LocalScorer
 
-    scorer = LocalScorer(tiny_gpt2(data_dir, seed=5, initializer_range=0.5))
-    final = {}
-    for alpha in (0.0, 2.0):
-        config = pez.PezConfig(
-            task="sst2",
-            model="tiny-gpt2",
-            scorer="tiny-gpt2",
-            prompt_length=4,
-            steps=25,
-            eval_interval=25,
-            batch_size=4,
-            eval_limit=8,
-            test_limit=8,
-            alpha=alpha,
-            seed=2,
-        )
-        reports = []
-        pez.run(config, scorer=scorer, report=reports.append)
-        final[alpha] = reports[-1].metrics
-    assert final[2.0][keys.PERPLEXITY] < final[0.0][keys.PERPLEXITY] / 2
+    final = pez_perplexity_by_alpha(LocalScorer(tiny_gpt2(data_dir, seed=5, initializer_range=0.5)))
+    assert final[2.0] < final[0.0] / 2
 
 
-def test_pez_task_model_fluency_lowers_own_perplexity(data_dir):
-    final = {}
-    for alpha in (0.0, 2.0):
-        config = pez.PezConfig(
-            task="sst2",
-            model="tiny-gpt2",
-            scorer="tiny-gpt2",
-            prompt_length=4,
-            steps=25,
-            eval_interval=25,
-            batch_size=4,
-            eval_limit=8,
-            test_limit=8,
-            alpha=alpha,
-            seed=2,
-            perplexity_source="task_model",
-        )
-        reports = []
-        pez.run(config, report=reports.append)
-        final[alpha] = reports[-1].metrics
-    assert final[2.0][keys.PERPLEXITY] < final[0.0][keys.PERPLEXITY]
+def test_pez_task_model_fluency_lowers_own_perplexity():
+    final = pez_perplexity_by_alpha(perplexity_source="task_model")
+    assert final[2.0] < final[0.0]

@@ -121,6 +121,14 @@ def _soft_q_learning(
     return (q - q_target) ** 2
 
 
+def _advantage_and_target_value(
+    logits: torch.Tensor, target_logits: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_t = Q_t - V_t of the taken actions and the target network's Vbar_t, both (B, T)."""
+    advantage = _chosen(logits, actions) - logits.logsumexp(dim=-1)
+    return advantage, target_logits.logsumexp(dim=-1)
+
+
 def _single_step_pcl(
     logits: torch.Tensor,
     target_logits: torch.Tensor,
@@ -129,8 +137,7 @@ def _single_step_pcl(
     lengths: torch.Tensor,
 ) -> torch.Tensor:
     """v2: regress A_t = log pi(a_t|s_t) on Vbar_{t+1} - Vbar_t (r - Vbar_t at the end)."""
-    advantage = _chosen(logits, actions) - logits.logsumexp(dim=-1)  # (B, T)
-    v_target = target_logits.logsumexp(dim=-1)  # (B, T)
+    advantage, v_target = _advantage_and_target_value(logits, target_logits, actions)
     advantage_target = torch.where(
         _is_last_step(lengths, advantage.shape[1]), rewards.unsqueeze(1) - v_target, _next_step(v_target) - v_target
     )
@@ -145,8 +152,7 @@ def _multi_step_pcl(
     lengths: torch.Tensor,
 ) -> torch.Tensor:
     """v3: regress the summed future log-probs from step t on r - Vbar_t."""
-    advantage = _chosen(logits, actions) - logits.logsumexp(dim=-1)  # (B, T)
-    v_target = target_logits.logsumexp(dim=-1)  # (B, T)
+    advantage, v_target = _advantage_and_target_value(logits, target_logits, actions)
     # Steps past the length are zeroed before the reversed cumsum so they add nothing.
     masked = advantage * _within_length(lengths, advantage.shape[1])  # (B, T)
     advantage_to_go = masked.flip(dims=[1]).cumsum(dim=1).flip(dims=[1])  # (B, T)
