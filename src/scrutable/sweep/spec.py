@@ -3,7 +3,7 @@
     name: quickstart                 # the sweep's folder under `storage`
     method: pez                      # soft_prompt | pez | rlprompt
     task: sst2                       # sst2 | boolq | yelp
-    data_dir: ../shared/data         # omit to load from the hub
+    data_dir: ../shared/data         # default: $SCRUTABLE_DATA_DIR, else the hub
     model: smollm2-135m
     scorer: smollm2-135m
     search:
@@ -31,6 +31,7 @@ overrides are type-checked like the file.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -42,6 +43,7 @@ import yaml
 from scrutable.config import from_mapping, suggest
 from scrutable.errors import UserError
 from scrutable.metrics import keys
+from scrutable.paths import DATA_DIR_ENV
 
 SEARCHABLE = ("alpha", "prompt_length", "learning_rate")
 ZERO_REGION = 0.1  # width of the alpha = 0 region, as a share of the log range
@@ -301,6 +303,9 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
         raw = _merge(raw, raw.get("smoke") or {})
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
+    # Like every other command: no data_dir means $SCRUTABLE_DATA_DIR if set, else the hub.
+    if not raw.get("data_dir") and os.environ.get(DATA_DIR_ENV):
+        raw["data_dir"] = os.environ[DATA_DIR_ENV]
     # Relative paths mean the launching directory; trials run elsewhere, so fix them now.
     for key in ("data_dir", "storage"):
         if isinstance(raw.get(key), str):
