@@ -38,7 +38,7 @@ def test_hard_prompt_card_matches_independent_numbers(tmp_path, capsys, tiny_gpt
     ids = tiny_gpt2.tokenizer(" It was", add_special_tokens=False)["input_ids"]
     assert [row["token_id"] for row in card["tokens"]] == ids
     task = get_task("sst2", data_dir=data_dir)
-    accuracy = task.evaluate(tiny_gpt2, tiny_gpt2.embedding_matrix[ids], "dev", limit=12)
+    accuracy = task.evaluate(tiny_gpt2, tiny_gpt2.embedding_matrix[ids], "dev", limit=12).metric
     assert card["metric_soft"] == card["metric_unembedded"] == pytest.approx(accuracy)
     assert card["perplexity"] == pytest.approx(sequence_perplexities(tiny_gpt2, [ids])[0][0], rel=1e-4)
     assert card["distance_differential"] < 1e-5 and card["output_mse"] == 0.0
@@ -76,7 +76,7 @@ def test_soft_prompt_card(tmp_path, tiny_gpt2, data_dir):
     assert [r["token_id"] for r in card["tokens"]] == expected.token_ids.tolist()
     assert card["distance_differential"] == pytest.approx(expected.distance_differential, rel=1e-5)
     task = get_task("boolq", data_dir=data_dir)
-    assert card["metric_soft"] == pytest.approx(task.evaluate(tiny_gpt2, soft, "dev", limit=8))
+    assert card["metric_soft"] == pytest.approx(task.evaluate(tiny_gpt2, soft, "dev", limit=8).metric)
     assert card["performance_differential"] == pytest.approx(abs(card["metric_soft"] - card["metric_unembedded"]))
     assert card["output_mse"] > 0
 

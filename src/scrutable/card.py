@@ -2,8 +2,14 @@
 
 For a prompt P (soft vectors, or the embeddings of hard tokens) on a task:
 unembedded tokens with per-token distances, distance / output / performance
-differentials, the task metric with P and with its unembedded tokens, and the
-perplexity of the unembedded tokens under the scorer.
+differentials, the task metric and objective with P and with its unembedded tokens, and
+the perplexity of the unembedded tokens under the scorer.
+
+The distance differential is reported in both distances (Euclidean and cosine), whatever
+distance unembeds the prompt, so every method of a sweep reports the same numbers. Soft
+vectors far outside the vocabulary's norms make every distance large and the nearest
+token arbitrary: the card gives the prompt's mean norm next to the vocabulary's and says
+when it lies outside the vocabulary's range.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from scrutable.metrics import keys
-from scrutable.metrics.faithfulness import output_differential, performance_differential
+from scrutable.metrics.faithfulness import OutputDifferential, output_differential, performance_differential
 from scrutable.metrics.perplexity import Scorer, score_request
-from scrutable.metrics.unembed import Distance, nearest_tokens
+from scrutable.metrics.unembed import Distance, Unembedding, nearest_tokens
 from scrutable.models import LanguageModel
 from scrutable.tasks.base import Split, Task, subset
 
@@ -34,17 +40,25 @@ class InterpretabilityCard:
     model: str
     scorer: str
     split: str
-    distance_kind: str
+    distance_kind: str  # the distance that unembeds the prompt (and `tokens[].distance`)
     is_soft: bool
     tokens: list[TokenRow]
     unembedded_text: str
-    distance_differential: float
-    output_mse: float
+    distance_differential: float  # in `distance_kind`
+    distance_euclidean: float
+    distance_cosine: float
+    output_mse: float  # whole vocabulary
+    output_mse_verbalizer: float
     top1_agreement: float
     metric_name: str
-    metric_soft: float
+    metric_soft: float  # the prompt as given (soft, or the hard tokens themselves)
     metric_unembedded: float
+    objective_soft: float
+    objective_unembedded: float
     performance_differential: float
+    prompt_norm: float
+    vocab_norm: float
+    vocab_norm_range: tuple[float, float]
     perplexity: float
     perplexity_tokens: int
     retokenized: bool
@@ -55,19 +69,32 @@ class InterpretabilityCard:
     def token_ids(self) -> list[int]:
         return [row.token_id for row in self.tokens]
 
+    @property
+    def norm_in_range(self) -> bool:
+        low, high = self.vocab_norm_range
+        return low <= self.prompt_norm <= high
+
     def metrics(self, split_prefix: str = "dev") -> dict[str, float]:
-        """The card as namespaced metric keys (`keys.py`)."""
+        """The card as namespaced metric keys (`keys.py`); task keys on `split_prefix`."""
         on_dev = split_prefix == "dev"
-        return {
+        out = {
             keys.TASK_DEV if on_dev else keys.TASK_TEST: self.metric_soft,
             keys.TASK_DEV_UNEMBEDDED if on_dev else keys.TASK_TEST_UNEMBEDDED: self.metric_unembedded,
+            keys.TASK_DEV_OBJECTIVE if on_dev else keys.TASK_TEST_OBJECTIVE: self.objective_soft,
             keys.PERPLEXITY: self.perplexity,
             keys.LOG_PERPLEXITY: math.log(self.perplexity) if self.perplexity > 0 else float("nan"),
-            keys.DISTANCE: self.distance_differential,
+            keys.DISTANCE_EUCLIDEAN: self.distance_euclidean,
+            keys.DISTANCE_COSINE: self.distance_cosine,
             keys.OUTPUT_MSE: self.output_mse,
+            keys.OUTPUT_MSE_VERBALIZER: self.output_mse_verbalizer,
             keys.TOP1_AGREEMENT: self.top1_agreement,
             keys.PERFORMANCE_DIFF: self.performance_differential,
+            keys.PROMPT_NORM: self.prompt_norm,
+            keys.VOCAB_NORM: self.vocab_norm,
         }
+        if on_dev:
+            out[keys.TASK_DEV_OBJECTIVE_UNEMBEDDED] = self.objective_unembedded
+        return out
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -87,16 +114,27 @@ class InterpretabilityCard:
         lines += [
             "",
             "faithfulness",
-            f"  distance differential      {self.distance_differential:.4f}",
-            f"  output differential (MSE)  {self.output_mse:.4f}",
+            f"  distance differential      {self.distance_euclidean:.4f} euclidean, {self.distance_cosine:.4f} cosine",
+            f"  output differential (MSE)  {self.output_mse:.4f} whole vocabulary, "
+            f"{self.output_mse_verbalizer:.4f} answer tokens",
             f"  top-1 agreement            {self.top1_agreement:.3f}",
             f"  performance differential   {self.performance_differential:.4f}",
+            f"  prompt vector norm         {self.prompt_norm:.3f} (vocabulary mean {self.vocab_norm:.3f}, "
+            f"range {self.vocab_norm_range[0]:.3f}-{self.vocab_norm_range[1]:.3f})",
             "scrutability",
             f"  perplexity                 {self.perplexity:.2f}  over {self.perplexity_tokens} scorer tokens{retok}",
             f"task {self.metric_name}",
             f"  with the prompt            {self.metric_soft:.4f}",
             f"  with its unembedded tokens {self.metric_unembedded:.4f}",
+            "objective (mean log-probability of the answer, or the continuous score)",
+            f"  with the prompt            {self.objective_soft:.4f}",
+            f"  with its unembedded tokens {self.objective_unembedded:.4f}",
         ]
+        if not self.norm_in_range:
+            lines.append(
+                "note: the prompt vectors' norm lies outside the vocabulary's range, so every token is far "
+                "and the unembedding is arbitrary: lower learning_rate or add weight_decay"
+            )
         lines += [f"  {name:<26} {value:.4f}" for name, value in self.extra.items()]
         return "\n".join(lines)
 
@@ -113,26 +151,35 @@ def build_card(
     distance: Distance | str = Distance.EUCLIDEAN,
     output_examples: int = 32,
     batch_size: int = 16,
+    token_ids: torch.Tensor | None = None,
 ) -> InterpretabilityCard:
-    """Measure `prompt` (L, D) on `task`; a hard prompt skips the duplicate evaluation."""
+    """Measure `prompt` (L, D) on `task`; a hard prompt skips the duplicate evaluation.
+
+    `token_ids` (L,) names a hard prompt's tokens (PEZ's projection, RLPrompt's samples), so
+    the card describes exactly those tokens even where two vocabulary rows are identical."""
     prompt = prompt.detach()
-    unembedded = nearest_tokens(prompt, lm.embedding_matrix, distance)
+    embeddings = lm.embedding_matrix
+    unembedded = nearest_tokens(prompt, embeddings, distance)
+    if token_ids is not None:
+        if is_soft:
+            raise ValueError("token_ids names a hard prompt's tokens: pass is_soft=False")
+        unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids)))
+    by_distance = {kind: nearest_tokens(prompt, embeddings, kind).distance_differential for kind in Distance}
     ids = unembedded.token_ids
-    hard_embeds = lm.embedding_matrix[ids]
-    metric_unembedded = task.evaluate(lm, hard_embeds, split, limit=limit, batch_size=batch_size)
+    hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
     if is_soft:
-        metric_soft = task.evaluate(lm, prompt, split, limit=limit, batch_size=batch_size)
+        soft = task.evaluate(lm, prompt, split, limit=limit, batch_size=batch_size)
         probe = subset(task.examples(split), output_examples)
         output = output_differential(task, lm, prompt, ids, probe)
-        output_mse, agreement = output.mse, output.top1_agreement
     else:
-        metric_soft, output_mse, agreement = metric_unembedded, 0.0, 1.0
+        soft, output = hard, OutputDifferential(mse=0.0, mse_verbalizer=0.0, top1_agreement=1.0)
     ppl = scorer.perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])[0]
     tokenizer = lm.tokenizer
     rows = [
         TokenRow(int(t), str(tokenizer.decode([int(t)])), float(d))
         for t, d in zip(ids.tolist(), unembedded.distances.tolist(), strict=True)
     ]
+    vocab_norms = embeddings.norm(dim=-1)  # (V,)
     return InterpretabilityCard(
         task=task.name,
         model=lm.name,
@@ -143,12 +190,20 @@ def build_card(
         tokens=rows,
         unembedded_text=str(tokenizer.decode(ids.tolist())),
         distance_differential=unembedded.distance_differential,
-        output_mse=output_mse,
-        top1_agreement=agreement,
+        distance_euclidean=by_distance[Distance.EUCLIDEAN],
+        distance_cosine=by_distance[Distance.COSINE],
+        output_mse=output.mse,
+        output_mse_verbalizer=output.mse_verbalizer,
+        top1_agreement=output.top1_agreement,
         metric_name=task.metric_name,
-        metric_soft=metric_soft,
-        metric_unembedded=metric_unembedded,
-        performance_differential=performance_differential(metric_soft, metric_unembedded),
+        metric_soft=soft.metric,
+        metric_unembedded=hard.metric,
+        objective_soft=soft.objective,
+        objective_unembedded=hard.objective,
+        performance_differential=performance_differential(soft.metric, hard.metric),
+        prompt_norm=float(prompt.norm(dim=-1).mean()),
+        vocab_norm=float(vocab_norms.mean()),
+        vocab_norm_range=(float(vocab_norms.min()), float(vocab_norms.max())),
         perplexity=ppl.perplexity,
         perplexity_tokens=ppl.num_tokens,
         retokenized=ppl.retokenized,

@@ -203,7 +203,8 @@ def _sweep_folder_spec(folder: Path) -> SweepSpec:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from scrutable.sweep.export import collect_trials, export_pareto, render_summary
+    from scrutable.sweep.frontier import export_pareto, render_summary
+    from scrutable.sweep.results import collect_trials
 
     spec = _sweep_folder_spec(args.folder)
     summary = export_pareto(collect_trials(args.folder.resolve(), spec), spec, args.out or args.folder / "pareto")

@@ -96,9 +96,24 @@ def test_alpha_zero_region_decodes_to_exactly_zero():
 
 def test_baseline_point_is_the_zero_alpha(tmp_path):
     spec = load_spec(write(tmp_path, BASE + "  prompt_length: {values: [2, 4, 8]}\n"))
-    point = spec.baseline_point()
-    assert spec.decode(point) == {"alpha": 0.0, "prompt_length": 4}
-    config = spec.trial_config(point)
+    point = spec.space.baseline_point()
+    assert point == {"alpha_log10": pytest.approx(-2.1), "prompt_length": 4}  # what Optuna samples
+    decoded = replay(spec.space, point)
+    assert decoded == {"alpha": 0.0, "prompt_length": 4}
+    config = spec.trial_config(decoded)
     assert config.alpha == 0.0 and config.prompt_length == 4 and config.task == "sst2"
     grid = load_spec(write(tmp_path, BASE + "sampler: grid\n"))
-    assert grid.sampler is Sampler.GRID and grid.baseline_point() is None
+    assert grid.sampler is Sampler.GRID and grid.space.baseline_point() is None
+
+
+def replay(space, sampled):
+    """Run the define-by-run function on fixed sampled values; the decoded values it returns
+    and the user attributes it sets must agree."""
+    import optuna
+
+    study = optuna.create_study()
+    study.enqueue_trial(sampled)
+    trial = study.ask()
+    decoded = space.define(trial)
+    assert trial.user_attrs == decoded
+    return decoded

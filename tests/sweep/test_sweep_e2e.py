@@ -53,14 +53,21 @@ def test_quickstart_smoke_sweep_end_to_end(tmp_path):
 
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == spec.metric_names == ["task/dev_objective", "interp/perplexity"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
+    baseline = study.trials[0]  # the explicit alpha = 0 point, sampled on the log10 axis
+    assert baseline.params["alpha_log10"] < -1.5 and baseline.user_attrs["alpha"] == 0.0
+    for trial in complete:  # what the study sampled and what it says it ran agree
+        sampled = trial.params["alpha_log10"]
+        assert trial.user_attrs["alpha"] == (0.0 if sampled < -1.5229 else pytest.approx(10**sampled))
+        assert trial.user_attrs["tune_trial_id"] and trial.user_attrs["mlflow_run_id"]
 
     parents, kids = children(folder)
     assert len(parents) == 1 and len(kids) == 3
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parents[0].info.run_id}
     assert all({"alpha", "prompt_length", "method", "model", "scorer", "seed"} <= set(k.data.params) for k in kids)
-    assert all("task/dev_metric" in k.data.metrics and "interp/perplexity" in k.data.metrics for k in kids)
+    assert all({"task/dev_metric", "task/dev_objective", "interp/perplexity"} <= set(k.data.metrics) for k in kids)
     client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     artifacts = {a.path for a in client.list_artifacts(kids[0].info.run_id)}
     assert {"card.json", "prompts"} <= artifacts
@@ -71,6 +78,45 @@ def test_quickstart_smoke_sweep_end_to_end(tmp_path):
         assert (folder / "pareto" / name).stat().st_size > 0
     frontier = json.loads((folder / "pareto" / "pareto.json").read_text())
     assert frontier["frontier"] and "hypervolume" in frontier
+
+
+def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
+    """Alpha 0, a small and a large alpha read the same in Tune's trial config, the Optuna
+    study, MLflow's params and the Pareto CSV; and each trial's prompt, objectives and test
+    metric agree across the CSV, Optuna and MLflow's final card."""
+    import csv
+
+    overrides = {"sampler": "grid", "trials": 3, "search.alpha.grid_points": 2, "search.prompt_length.values": "[2]"}
+    spec = smoke_spec("quickstart.yaml", tmp_path, **overrides)
+    run_sweep(spec)
+    folder = tmp_path / "quickstart"
+    rows = {row["trial_id"]: row for row in csv.DictReader((folder / "pareto" / "trials.csv").open())}
+    assert sorted(float(row["alpha"]) for row in rows.values()) == [0.0, 0.03, 3.0]  # 0, low, high
+    tune_params = {
+        json.loads((path.parent / "result.json").read_text().splitlines()[-1])["trial_id"]: json.loads(path.read_text())
+        for path in folder.glob("tune/*/params.json")
+    }
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    _, kids = children(folder)
+    runs = {k.data.tags["scrutable.trial_id"]: k for k in kids}
+    assert set(rows) == set(tune_params) == set(trials) == set(runs)
+    for trial_id, row in rows.items():
+        alpha = float(row["alpha"])
+        assert tune_params[trial_id]["alpha"] == alpha == trials[trial_id].params["alpha"]
+        assert trials[trial_id].user_attrs["alpha"] == alpha and float(runs[trial_id].data.params["alpha"]) == alpha
+        run_id = runs[trial_id].info.run_id
+        assert row["mlflow_run_id"] == run_id == trials[trial_id].user_attrs["mlflow_run_id"]
+        (tmp_path / trial_id).mkdir()
+        card = json.loads(Path(client.download_artifacts(run_id, "card.json", str(tmp_path / trial_id))).read_text())
+        assert card["final"] and card["split"] == "test"
+        assert row["prompt_text"] == card["unembedded_text"] == trials[trial_id].user_attrs["prompt/text"]
+        assert row["token_ids"] == " ".join(str(t["token_id"]) for t in card["tokens"])
+        assert float(row["interp/perplexity"]) == pytest.approx(card["perplexity"])
+        assert float(row["task/test_metric"]) == pytest.approx(card["metric_unembedded"])
+        assert [float(row[m]) for m in spec.metric_names] == pytest.approx(trials[trial_id].values)
+        assert runs[trial_id].data.metrics["interp/perplexity"] == pytest.approx(card["perplexity"])
 
 
 def test_scorer_actor_batches_across_trials(tmp_path):

@@ -163,7 +163,10 @@ def test_evaluate_counts_correct_answers(tiny_gpt2, data_dir):
     examples = subset(task.examples("dev"), 10)
     logits = task.output_logits(tiny_gpt2, prompt, examples)[0]
     expected = sum(int(logits[i].argmax()) == e.label for i, e in enumerate(examples)) / 10
-    assert task.evaluate(tiny_gpt2, prompt, "dev", limit=10, batch_size=3) == pytest.approx(expected)
+    log_prob = sum(float(logits[i].log_softmax(-1)[e.label]) for i, e in enumerate(examples)) / 10
+    result = task.evaluate(tiny_gpt2, prompt, "dev", limit=10, batch_size=3)
+    assert result.metric == pytest.approx(expected)
+    assert result.objective == pytest.approx(log_prob, rel=1e-5) and result.objective < 0
     assert {e.label for e in examples} == {0, 1}  # the fixed sample is not one class
 
 

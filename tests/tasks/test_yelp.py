@@ -172,7 +172,7 @@ def test_output_logits_shape(task, tiny_gpt2, batch):
 def test_evaluate_in_unit_interval(task, tiny_gpt2):
     prompt_embeds = tiny_gpt2.embedding_matrix[torch.tensor([464, 2057, 373])]  # (L, D)
     score = task.evaluate(tiny_gpt2, prompt_embeds, "dev", limit=4, batch_size=2)
-    assert 0.0 <= score <= 1.0
+    assert 0.0 <= score.metric <= 1.0 and score.objective == score.metric
     report = task.evaluate_detailed(tiny_gpt2, prompt_embeds, "test", limit=4, num_shown=2)
     assert report.bleu is not None and 0.0 <= report.bleu <= 100.0
     assert report.joint == pytest.approx((report.content + report.style) / 2, abs=1e-6)

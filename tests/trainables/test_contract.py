@@ -1,5 +1,6 @@
 """The contract every registered method keeps: a few steps on tiny models report the
-declared keys with finite values, and a checkpoint round trip continues identically."""
+declared keys with finite values, every row describes one prompt, the best prompt is kept
+whole, and a checkpoint round trip continues identically."""
 
 import math
 
@@ -44,12 +45,12 @@ def test_reports_declared_keys_with_finite_values(name):
         for key in (
             keys.TASK_DEV,
             keys.TASK_DEV_UNEMBEDDED,
+            keys.TASK_DEV_OBJECTIVE,
+            keys.TASK_DEV_OBJECTIVE_UNEMBEDDED,
             keys.PERPLEXITY,
-            keys.DISTANCE,
-            keys.OUTPUT_MSE,
-            keys.TOP1_AGREEMENT,
-            keys.PERFORMANCE_DIFF,
+            *keys.FAITHFULNESS,
             keys.TRAIN_STEP,
+            keys.PROMPT_STEP,
         ):
             assert math.isfinite(report.metrics[key]), (key, report.metrics[key])
         assert isinstance(report.metrics["prompt/text"], str)
@@ -58,6 +59,38 @@ def test_reports_declared_keys_with_finite_values(name):
     assert 0 <= final[keys.TASK_TEST] <= 1 and final[keys.PERPLEXITY] > 1
     assert result.metrics[keys.TASK_TEST] == final[keys.TASK_TEST]
     assert result.card.split == "test"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_row_describes_one_prompt(name):
+    """The final row is the best evaluated prompt, whole: its dev numbers are those of the
+    evaluation that found it, its test numbers and card are the same prompt's, and no
+    field is left over from another prompt (the last one, or the untrained start)."""
+    reports = []
+    config = make_config(name, steps=6, eval_interval=2)
+    result = get_method(name).run(config, report=reports.append)
+    evaluated, final = reports[:-1], reports[-1]
+    row, card = final.metrics, final.card
+    assert row[keys.PROMPT_IS_BEST] == 1.0 and row[keys.TRAIN_STEP] == 6
+    # The best is the highest dev objective among the evaluations (ties: dev metric, then the
+    # later step); the last step's evaluation is only reported when it wins.
+    earlier = max((r.metrics[keys.TASK_DEV_OBJECTIVE], r.metrics[keys.TASK_DEV], r.step) for r in evaluated)
+    chosen = (row[keys.TASK_DEV_OBJECTIVE], row[keys.TASK_DEV], row[keys.PROMPT_STEP])
+    assert chosen == earlier if chosen[2] < 6 else chosen > earlier
+    assert row[keys.PROMPT_STEP] >= 2  # never the untrained start
+    if chosen[2] < 6:
+        source = next(r.metrics for r in evaluated if r.step == chosen[2])
+        for key in (keys.TASK_DEV, keys.TASK_DEV_OBJECTIVE, keys.PERPLEXITY, *keys.FAITHFULNESS, keys.PROMPT_TEXT):
+            assert row[key] == source[key], key
+        assert row[keys.PROMPT_TOKEN_IDS] == source[keys.PROMPT_TOKEN_IDS]
+    assert final.state["best"]["token_ids"] == row[keys.PROMPT_TOKEN_IDS]
+    # The card (written to card.json, MLflow's final card) is the same prompt's, on test.
+    assert card.token_ids == row[keys.PROMPT_TOKEN_IDS] and card.unembedded_text == row[keys.PROMPT_TEXT]
+    assert card.split == "test" and card.perplexity == row[keys.PERPLEXITY]
+    assert row[keys.TASK_TEST] == card.metric_soft and row[keys.TASK_TEST_UNEMBEDDED] == card.metric_unembedded
+    assert row[keys.PROMPT_IS_SOFT] == float(name == "soft_prompt") == float(card.is_soft)
+    per_prompt = {k: v for k, v in row.items() if not k.startswith("train/")}
+    assert {k: result.metrics[k] for k in per_prompt} == per_prompt
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -76,11 +109,14 @@ def test_checkpoint_round_trip_continues_identically(name, tmp_path):
     assert resumed.metrics[keys.TASK_TEST] == straight.metrics[keys.TASK_TEST]
 
 
-def test_nan_loss_fails_with_a_reason():
+@pytest.mark.parametrize("learning_rate", [float("inf"), 1e38])
+def test_divergence_fails_with_a_reason(learning_rate):
+    """NaN and overflow alike end the run with one line naming the fix."""
     from scrutable.trainables.common import TrainingDiverged
 
-    with pytest.raises(TrainingDiverged, match="lower learning_rate"):
-        get_method("soft_prompt").run(make_config("soft_prompt", learning_rate=float("inf")))
+    config = make_config("soft_prompt", learning_rate=learning_rate, optimizer="adam", steps=20, eval_interval=10)
+    with pytest.raises(TrainingDiverged, match="training diverged: .* lower learning_rate"):
+        get_method("soft_prompt").run(config)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def hard_keyword(monkeypatch, data_dir):
         label = 1 - int(predicted.float().mean().round())
         monkeypatch.setitem(TASKS, "keyword", lambda d, s: keyword_task(data_dir, label))
         monkeypatch.setitem(DEFAULT_SEEDS, "keyword", 0)
-        return keyword_task(data_dir, label).evaluate(lm, start, "dev")
+        return keyword_task(data_dir, label).evaluate(lm, start, "dev").metric
 
     return register
 

@@ -22,13 +22,10 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.metrics.perplexity import LocalScorer
 from scrutable.models import LanguageModel, tiny_gpt2
-from scrutable.tasks.base import RewardResult
+from scrutable.tasks.base import Evaluated, RewardResult
 from scrutable.trainables import get_method
 from scrutable.trainables.common import Evaluation, cached_model, load_state, save_state
 from scrutable.trainables.rlprompt import (
-    TRAIN_LOG_PERPLEXITY,
-    TRAIN_PERPLEXITY,
-    TRAIN_TASK_METRIC,
     RLPromptConfig,
     combine_rewards,
     run,
@@ -158,24 +155,25 @@ def test_two_steps_on_sst2_report_finite_metrics(tiny_lm):
     numeric = (
         keys.TRAIN_REWARD,
         keys.TRAIN_LOSS,
-        TRAIN_PERPLEXITY,
-        TRAIN_LOG_PERPLEXITY,
-        TRAIN_TASK_METRIC,
+        keys.TRAIN_PERPLEXITY,
+        keys.TRAIN_LOG_PERPLEXITY,
+        keys.TRAIN_TASK_METRIC,
         keys.TASK_DEV,
         keys.PERPLEXITY,
         keys.LOG_PERPLEXITY,
-        keys.DISTANCE,
+        keys.DISTANCE_EUCLIDEAN,
     )
     for evaluation in evaluations:
         for key in numeric:
             assert math.isfinite(evaluation.metrics[key]), key
         assert len(evaluation.metrics["prompt/token_ids"]) == 3
         assert evaluation.metrics[keys.TRAIN_STEP] == evaluation.step
-        assert evaluation.metrics[keys.DISTANCE] == 0.0  # a hard prompt is its own nearest tokens
+        assert evaluation.metrics[keys.DISTANCE_EUCLIDEAN] == 0.0  # a hard prompt is its own nearest tokens
     final = evaluations[-1].metrics
     assert math.isfinite(final[keys.TASK_TEST]) and final[keys.TASK_TEST] == final[keys.TASK_TEST_UNEMBEDDED]
-    assert final[keys.TASK_DEV] == max(e.metrics[keys.TASK_DEV] for e in evaluations)  # the best prompt
-    assert result.metrics == final
+    best = max(e.metrics[keys.TASK_DEV_OBJECTIVE] for e in evaluations)  # the final row is the best prompt
+    assert final[keys.TASK_DEV_OBJECTIVE] == best and final[keys.PROMPT_IS_BEST] == 1.0
+    assert result.metrics[keys.TASK_TEST] == final[keys.TASK_TEST]
     assert result.card.split == "test" and result.card.token_ids == final["prompt/token_ids"]
     assert set(result.state) == {
         "mlp",
@@ -183,11 +181,9 @@ def test_two_steps_on_sst2_report_finite_metrics(tiny_lm):
         "optimizer",
         "generator",
         "step",
-        "best_metric",
-        "best_ids",
-        "best_dev",
+        "best",
     }
-    assert result.state["best_ids"].tolist() == final["prompt/token_ids"]
+    assert result.state["best"]["token_ids"] == final["prompt/token_ids"]
 
 
 def test_refuses_a_policy_with_another_vocabulary(tiny_lm):
@@ -266,6 +262,9 @@ class DirectionTask:
     def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def vocab_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        raise NotImplementedError
+
     def evaluate(
         self,
         lm: LanguageModel,
@@ -274,8 +273,9 @@ class DirectionTask:
         *,
         limit: int | None = None,
         batch_size: int = 16,
-    ) -> float:
-        return float(self.score(prompt_embeds))
+    ) -> Evaluated:
+        score = float(self.score(prompt_embeds))
+        return Evaluated(metric=score, objective=score)
 
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
         scores = self.score(lm.embedding_matrix[prompt_ids])  # (P,)
@@ -337,7 +337,7 @@ def test_rewards_rise_on_a_learnable_task(direction_runs):
 
 def test_a_perplexity_penalty_lowers_prompt_perplexity(direction_runs):
     plain, penalised = (direction_runs[alpha][-1].metrics for alpha in (0.0, 4.0))
-    assert penalised[TRAIN_LOG_PERPLEXITY] < plain[TRAIN_LOG_PERPLEXITY] - 1.5, (plain, penalised)
-    assert penalised[TRAIN_PERPLEXITY] < plain[TRAIN_PERPLEXITY] / 5
+    assert penalised[keys.TRAIN_LOG_PERPLEXITY] < plain[keys.TRAIN_LOG_PERPLEXITY] - 1.5, (plain, penalised)
+    assert penalised[keys.TRAIN_PERPLEXITY] < plain[keys.TRAIN_PERPLEXITY] / 5
     # The penalty costs task reward: the two directions are orthogonal.
     assert penalised[keys.TRAIN_REWARD] < plain[keys.TRAIN_REWARD]

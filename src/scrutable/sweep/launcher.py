@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.sweep.spec import Sampler, SweepSpec
 
+TUNE_TRIAL_ATTR = "tune_trial_id"
+MLFLOW_RUN_ATTR = "mlflow_run_id"
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the new output engine ignores our reporter and prints tracebacks
     "RAY_AUTH_MODE": "disabled",
@@ -37,41 +40,80 @@ QUIET_ENV = {
 }
 
 
-def make_searcher(spec: SweepSpec, folder: Path) -> Any:
+def optuna_storage_url(spec: SweepSpec, folder: Path) -> str:
+    return spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}"
+
+
+def make_searcher(spec: SweepSpec, folder: Path, tracking: tuple[str, str] | None = None) -> Any:
+    """Ray's OptunaSearch over `spec.space` (define-by-run: decoded values in every trial's
+    config and the study's user attributes), on a study created here so that it carries
+    the objectives' names (`study.metric_names`) for optuna-dashboard and `load_study`."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space: dict[str, Any] = {}
-    for name, dim in spec.search.items():
-        if spec.sampler is Sampler.GRID or dim.values is not None:
-            space[name] = CategoricalDistribution(dim.grid())
-        elif dim.integer and not dim.log:
-            low, high = dim.encoded_bounds()
-            space[name] = IntDistribution(int(low), int(high))
-        else:
-            space[name] = FloatDistribution(*dim.encoded_bounds())
+    space = spec.space
     samplers = {
         Sampler.TPE: lambda: optuna.samplers.TPESampler(seed=spec.seed, multivariate=True),
         Sampler.NSGA2: lambda: optuna.samplers.NSGAIISampler(seed=spec.seed),
         Sampler.GP: lambda: optuna.samplers.GPSampler(seed=spec.seed),
         Sampler.RANDOM: lambda: optuna.samplers.RandomSampler(seed=spec.seed),
         Sampler.GRID: lambda: optuna.samplers.GridSampler(
-            {name: dim.grid() for name, dim in spec.search.items()}, seed=spec.seed
+            {name: space.grid_values(name) for name in spec.search}, seed=spec.seed
         ),
     }
-    storage_url = spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}"
-    baseline = spec.baseline_point()
-    return OptunaSearch(
-        space=space,
+    storage = optuna.storages.RDBStorage(optuna_storage_url(spec, folder))  # OptunaSearch wants an object
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.name,
+        directions=["maximize" if d == "max" else "minimize" for d in spec.directions],
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():  # "experimental since 3.2": stable in every release since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.metric_names)
+    baseline = space.baseline_point()
+    searcher = _searcher_class()(
+        space=space.define,
         metric=spec.metric_names,
         mode=spec.directions,
         sampler=samplers[spec.sampler](),
-        storage=optuna.storages.RDBStorage(storage_url),  # OptunaSearch wants an object, not a URL
+        storage=storage,
         study_name=spec.name,
         points_to_evaluate=[baseline] if baseline else None,
     )
+    searcher.tracking = tracking
+    return searcher
+
+
+def _searcher_class() -> Any:
+    from ray.tune.search.optuna import OptunaSearch
+
+    from scrutable.sweep.tracking import find_run
+
+    class LinkedOptunaSearch(OptunaSearch):
+        """OptunaSearch whose study trials name their Tune trial and their prompt."""
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            params: dict[str, Any] | None = super().suggest(trial_id)
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            return params
+
+        tracking: tuple[str, str] | None = None  # (MLflow URI, experiment id) to link runs
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            # Before `tell`: a finished Optuna trial takes no more attributes.
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and trial_id not in self._completed_trials:
+                for key in (keys.PROMPT_TEXT, keys.PROMPT_TOKEN_IDS, keys.TASK_TEST):
+                    if result and result.get(key) is not None:
+                        ot_trial.set_user_attr(key, result[key])
+                run_id = None if self.tracking is None else find_run(*self.tracking, trial_id)
+                if run_id is not None:
+                    ot_trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return LinkedOptunaSearch
 
 
 class LiveTable:
@@ -87,8 +129,7 @@ class LiveTable:
 
     def update(self, trial: Any, status: str, result: dict[str, Any] | None = None, force: bool = False) -> None:
         row = self.rows.setdefault(trial.trial_id, {})
-        sampled = {name: trial.config.get(name) for name in self.spec.search}
-        row.update(self.spec.decode(sampled), status=status)
+        row.update(self.spec.space.decoded(trial.config), status=status)
         if result is not None:
             row.update({m: result.get(m) for m in self.spec.metric_names}, step=result.get(keys.TRAIN_STEP))
         if force or time.monotonic() - self.last_print > self.every_s:
@@ -180,9 +221,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from scrutable.sweep import tracking
-    from scrutable.sweep.export import collect_trials, export_pareto, render_summary
+    from scrutable.sweep.frontier import export_pareto, render_summary
+    from scrutable.sweep.results import collect_trials
     from scrutable.sweep.scorer_actor import start_scorer
-    from scrutable.trainables.tune_adapter import SPEC_KEY, trainable
+    from scrutable.sweep.trainable import with_spec
 
     # --- setup --------------------------------------------------------------------------
     os.environ.update(QUIET_ENV)
@@ -212,6 +254,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     )
     table = LiveTable(spec)
     params = {
+        "sweep": spec.name,
         "method": spec.method,
         "task": spec.task,
         "model": spec.model,
@@ -219,9 +262,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
         "seed": spec.seed,
         "sampler": spec.sampler.value,
     }
-    callbacks = [tracking.MlflowTracking(uri, experiment_id, parent_id, params), _callback_class()(table)]
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    wrapped = tune.with_resources(trainable, resources)
+    callbacks = [
+        tracking.MlflowTracking(uri, experiment_id, parent_id, params, list(spec.search)),
+        _callback_class()(table),
+    ]
+    wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
     if resume:
@@ -229,9 +274,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     else:
         tuner = tune.Tuner(
             wrapped,
-            param_space={SPEC_KEY: spec.to_dict()},
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec, folder),
+                search_alg=make_searcher(spec, folder, tracking=(uri, experiment_id)),
                 num_samples=spec.trials,
                 max_concurrent_trials=spec.concurrency,
             ),
@@ -262,7 +306,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
         "trials_planned": spec.trials,
         "scorer": stats,
         "tracking_uri": uri,
-        "optuna_storage": spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}",
+        "optuna_storage": optuna_storage_url(spec, folder),
         "mlflow_failed_writes": callbacks[0].failed_writes,
     }
     print(render_summary(summary_data))

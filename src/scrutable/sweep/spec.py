@@ -9,20 +9,18 @@
     search:
       alpha: {low: 0.01, high: 10.0, log: true, zero: true}
       prompt_length: {values: [3, 5, 8]}
-    objectives:                      # default: task/dev_metric max, interp/perplexity min
-      - {metric: task/dev_metric, mode: max}
+    objectives:                      # default: task/dev_objective max, interp/perplexity min
+      - {metric: task/dev_objective, mode: max}
       - {metric: interp/perplexity, mode: min}
     sampler: tpe                     # tpe | nsga2 | gp | random | grid
     trials: 8
     concurrency: 2
     training: {steps: 40, batch_size: 8}   # any field of the method's config
 
-Search dimensions: `{low, high, log}` is a float range (integer with `integer: true`),
-`{values: [...]}` a choice. `zero: true` on a log range adds an explicit 0 point: Optuna
-searches u uniformly over [log10(low) - w, log10(high)] with w one tenth of the range's
-width, and u < log10(low) means exactly 0. The space stays continuous for TPE/GP/NSGA-II
-(a 0 cannot live on a log scale), and the first trial is put at the zero point so the
-unconstrained baseline is always measured.
+Search dimensions and how they are sampled and decoded: `sweep/search_space.py`.
+The default objectives are the dev objective (a continuous score: mean log-probability of
+the correct answer, or Yelp's joint score; `metrics/keys.py`) and the perplexity; the dev
+accuracy is reported next to them.
 
 An unknown key anywhere is an error naming the closest valid key; `--set a.b=value`
 overrides are type-checked like the file.
@@ -30,7 +28,6 @@ overrides are type-checked like the file.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -44,9 +41,7 @@ from scrutable.config import from_mapping, suggest
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import DATA_DIR_ENV
-
-SEARCHABLE = ("alpha", "prompt_length", "learning_rate")
-ZERO_REGION = 0.1  # width of the alpha = 0 region, as a share of the log range
+from scrutable.sweep.search_space import SEARCHABLE, Dimension, SearchSpace
 
 
 class Sampler(StrEnum):
@@ -60,64 +55,6 @@ class Sampler(StrEnum):
 class Mode(StrEnum):
     MAX = "max"
     MIN = "min"
-
-
-@dataclass(frozen=True)
-class Dimension:
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    zero: bool = False
-    values: list[Any] | None = None
-    grid_points: int = 4  # values per range for the grid sampler
-
-    def __post_init__(self) -> None:
-        if self.values is not None:
-            if not self.values or self.low is not None or self.high is not None:
-                raise ValueError("a dimension is either `values: [...]` or `low`/`high`, not both")
-            return
-        if self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a range needs low < high, got low={self.low}, high={self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low} (use zero: true for an explicit 0)")
-        if self.zero and not self.log:
-            raise ValueError("zero: true needs log: true (a linear range can include 0 by itself)")
-
-    def encoded_bounds(self) -> tuple[float, float]:
-        """The range Optuna searches (log10 space for log ranges, widened for zero)."""
-        assert self.low is not None and self.high is not None
-        if not self.log:
-            return self.low, self.high
-        low, high = math.log10(self.low), math.log10(self.high)
-        return (low - ZERO_REGION * (high - low) if self.zero else low), high
-
-    def zero_point(self) -> float:
-        """The middle of the zero region (an encoded value that decodes to 0.0)."""
-        assert self.low is not None
-        return (self.encoded_bounds()[0] + math.log10(self.low)) / 2
-
-    def decode(self, value: Any) -> Any:
-        """Optuna's value -> the config value."""
-        if self.values is not None:
-            return value
-        if self.log:
-            assert self.low is not None
-            value = 0.0 if value < math.log10(self.low) else 10.0**value
-        return int(round(value)) if self.integer else float(value)
-
-    def grid(self) -> list[Any]:
-        if self.values is not None:
-            return list(self.values)
-        assert self.low is not None and self.high is not None
-        n = self.grid_points
-        if self.log:
-            points = [self.low * (self.high / self.low) ** (i / (n - 1)) for i in range(n)]
-        else:
-            points = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
-        if self.integer:
-            points = sorted({int(round(p)) for p in points})
-        return ([0.0] if self.zero else []) + points
 
 
 @dataclass(frozen=True)
@@ -154,7 +91,7 @@ class SweepSpec:
     scorer: str
     search: dict[str, Dimension]
     objectives: list[Objective] = field(
-        default_factory=lambda: [Objective(keys.TASK_DEV, Mode.MAX), Objective(keys.PERPLEXITY, Mode.MIN)]
+        default_factory=lambda: [Objective(keys.TASK_DEV_OBJECTIVE, Mode.MAX), Objective(keys.PERPLEXITY, Mode.MIN)]
     )
     data_dir: str | None = None
     data_seed: int | None = None
@@ -186,14 +123,14 @@ class SweepSpec:
             raise ValueError("objectives is empty")
         metrics = [o.metric for o in self.objectives]
         for metric in metrics:
-            if metric not in keys.ALL_NUMERIC:
-                raise ValueError(f"objective metric '{metric}' is unknown: {suggest(metric, keys.ALL_NUMERIC)}")
+            if metric not in keys.OBJECTIVE_CHOICES:
+                raise ValueError(f"objective metric '{metric}' is unknown: {suggest(metric, keys.OBJECTIVE_CHOICES)}")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives name a metric twice: {metrics}")
         if self.trials < 1 or self.concurrency < 1:
             raise ValueError("trials and concurrency must be at least 1")
-        if self.sampler is Sampler.GRID:
-            size = math.prod(len(d.grid()) for d in self.search.values())
-            if size < 1:
-                raise ValueError("the grid is empty")
+        if self.sampler is Sampler.GRID and self.space.grid_size() < 1:
+            raise ValueError("the grid is empty")
 
     @property
     def directions(self) -> list[str]:
@@ -206,13 +143,9 @@ class SweepSpec:
     def folder(self) -> Path:
         return (Path(self.storage) / self.name).resolve()
 
-    def decode(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """Optuna's sampled values -> config fields (alpha's zero region becomes 0.0).
-
-        The grid sampler samples the decoded grid itself (`Dimension.grid`)."""
-        if self.sampler is Sampler.GRID:
-            return {name: sampled[name] for name in self.search}
-        return {name: dim.decode(sampled[name]) for name, dim in self.search.items()}
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace(self.search, grid=self.sampler is Sampler.GRID)
 
     def fixed_config(self) -> dict[str, Any]:
         """The method config without the searched fields."""
@@ -224,38 +157,15 @@ class SweepSpec:
         values.update(self.training)
         return values
 
-    def trial_config(self, sampled: dict[str, Any]) -> Any:
-        """The method's config for one trial, validated (unknown training keys fail here)."""
+    def trial_config(self, searched: dict[str, Any]) -> Any:
+        """The method's config for one trial from the searched values (decoded), validated
+        (an unknown training key fails here)."""
         from scrutable.trainables import get_method
 
         method = get_method(self.method)
         return from_mapping(
-            method.config_cls, {**self.fixed_config(), **self.decode(sampled)}, where=f"sweep '{self.name}' training"
+            method.config_cls, {**self.fixed_config(), **searched}, where=f"sweep '{self.name}' training"
         )
-
-    def example_point(self) -> dict[str, Any]:
-        """A point inside the search space, to validate the trial config at load time."""
-        if self.sampler is Sampler.GRID:
-            return {name: dim.grid()[-1] for name, dim in self.search.items()}
-        point = {}
-        for name, dim in self.search.items():
-            point[name] = dim.values[0] if dim.values is not None else dim.encoded_bounds()[1]
-        return point
-
-    def baseline_point(self) -> dict[str, Any] | None:
-        """The first trial for samplers that search: alpha's zero point, middle elsewhere."""
-        if self.sampler is Sampler.GRID or not any(dim.zero for dim in self.search.values()):
-            return None
-        point: dict[str, Any] = {}
-        for name, dim in self.search.items():
-            if dim.zero:
-                point[name] = dim.zero_point()
-            elif dim.values is not None:
-                point[name] = dim.values[len(dim.values) // 2]
-            else:
-                low, high = dim.encoded_bounds()
-                point[name] = round((low + high) / 2) if dim.integer and not dim.log else (low + high) / 2
-        return point
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-able mapping (written to the sweep folder as spec.yaml)."""
@@ -277,10 +187,7 @@ class SweepSpec:
 
 
 def spec_from_config(value: Any) -> SweepSpec:
-    """The spec a trial carries in its config: a plain mapping (`SweepSpec.to_dict`).
-
-    A plain mapping, not the object: Tune swaps non-primitive values in `param_space` for
-    object-store placeholders, which do not survive `Tuner.restore`."""
+    """The spec a trial is given (`tune.with_parameters`): a plain mapping (`SweepSpec.to_dict`)."""
     if isinstance(value, SweepSpec):
         return value
     return from_mapping(SweepSpec, value, where="trial config")
@@ -311,7 +218,7 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
         if isinstance(raw.get(key), str):
             raw[key] = str(Path(raw[key]).expanduser().resolve())
     spec = from_mapping(SweepSpec, raw, where=path.name)
-    spec.trial_config(spec.example_point())  # an unknown training key fails now, not in a trial
+    spec.trial_config(spec.space.example_point())  # an unknown training key fails now, not in a trial
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
         raise UserError(
             f"data_dir {spec.data_dir} in {path.name} does not exist: point it at ../shared/data "

@@ -24,6 +24,7 @@ from typing import Any
 from ray.tune import Callback
 
 from scrutable.errors import UserError
+from scrutable.metrics import keys
 
 PARENT_TAG = "scrutable.role"
 TRIAL_TAG = "scrutable.trial_id"
@@ -77,6 +78,15 @@ def connect(uri: str, experiment: str, folder: Path) -> tuple[str, str]:
         ) from None
 
 
+def find_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
+    """The child run of a Tune trial, or None (also when the store does not answer)."""
+    try:
+        found = _client(uri).search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'")
+    except Exception:  # tracking never stops a sweep; the link is a convenience
+        return None
+    return str(found[0].info.run_id) if found else None
+
+
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
@@ -90,11 +100,14 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class MlflowTracking(Callback):
     """Ray Tune callback writing the sweep's MLflow runs (driver side)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_id: str, params: dict[str, Any]) -> None:
+    def __init__(
+        self, uri: str, experiment_id: str, parent_id: str, params: dict[str, Any], searched: list[str]
+    ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id
         self.params = params  # sweep-level params logged on every child
+        self.searched = searched  # names of the searched values, decoded in the trial config
         self.runs: dict[str, str] = {}
         self._client: Any = None
         self.failed_writes = 0
@@ -118,13 +131,7 @@ class MlflowTracking(Callback):
         if existing:
             self.runs[trial_id] = existing[0].info.run_id
             return self.runs[trial_id]
-        config = trial.config
-        from scrutable.sweep.spec import spec_from_config
-
-        raw = config.get("scrutable_spec")
-        spec = spec_from_config(raw) if raw is not None else None
-        searched = {name: config.get(name) for name in (spec.search if spec else {})}
-        decoded = spec.decode(searched) if spec else {}
+        decoded = {name: trial.config[name] for name in self.searched if name in trial.config}
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{trial_id} "
@@ -132,9 +139,9 @@ class MlflowTracking(Callback):
             tags={
                 "mlflow.parentRunId": self.parent_id,
                 TRIAL_TAG: trial_id,
-                SWEEP_TAG: spec.name if spec else "",
-                "method": spec.method if spec else "",
-                "task": spec.task if spec else "",
+                SWEEP_TAG: str(self.params.get("sweep", "")),
+                "method": str(self.params.get("method", "")),
+                "task": str(self.params.get("task", "")),
             },
         )
         self.runs[trial_id] = run.info.run_id
@@ -161,13 +168,13 @@ class MlflowTracking(Callback):
             from mlflow.entities import Metric
 
             run_id = self.run_id(trial)
-            step = int(result.get("train/step", iteration))
+            step = int(result.get(keys.TRAIN_STEP, iteration))
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, step) for k, v in numeric(result).items()]
             self.client.log_batch(run_id, metrics=metrics)
-            if "prompt/text" in result:
-                self.client.log_text(run_id, str(result["prompt/text"]), f"prompts/step_{step:06d}.txt")
-                self.client.set_tag(run_id, "prompt", str(result["prompt/text"])[:250])
+            if keys.PROMPT_TEXT in result:
+                self.client.log_text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
+                self.client.set_tag(run_id, "prompt", str(result[keys.PROMPT_TEXT])[:250])
 
         self._safely(write)
 

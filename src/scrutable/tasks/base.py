@@ -26,6 +26,14 @@ class Split(StrEnum):
 
 
 @dataclass(frozen=True)
+class Evaluated:
+    """One prompt's score on (part of) a split."""
+
+    metric: float  # the task metric (accuracy, joint score): what the task is judged by
+    objective: float  # a continuous score of the same outputs, higher is better (`metrics/keys.py`)
+
+
+@dataclass(frozen=True)
 class RewardResult:
     rewards: torch.Tensor  # (P,) one scalar per prompt, higher is better
     metric: torch.Tensor  # (P,) the task metric on the same examples
@@ -45,7 +53,11 @@ class Task(Protocol):
         ...
 
     def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
-        """(P, B, C) logits the task reads its answer from (for the output differential)."""
+        """(P, B, C) logits the task reads its answer from (C answer tokens, or the vocabulary)."""
+        ...
+
+    def vocab_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        """(P, B, V) logits over the whole vocabulary at the output position (the output differential)."""
         ...
 
     def evaluate(
@@ -56,8 +68,8 @@ class Task(Protocol):
         *,
         limit: int | None = None,
         batch_size: int = 16,
-    ) -> float:
-        """The task metric of one prompt (L, D) on (the first `limit` examples of) a split."""
+    ) -> Evaluated:
+        """The task metric and objective of one prompt (L, D) on (the first `limit` examples of) a split."""
         ...
 
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.tasks.base import RewardResult, Split, subset
+from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
 from scrutable.tasks.inputs import splice_prompt, token_ids
 
 GAP_CORRECT_COEFF = 200.0
@@ -65,8 +65,9 @@ class ClassificationTask:
             ids.append(pieces[0])
         return ids
 
-    def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
-        """(P, B, C) verbalizer logits."""
+    def vocab_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        """(P, B, V) logits over the vocabulary where the answer is read: a causal LM's last
+        input position, a seq2seq LM's first decoder step."""
         parts = [self.formatter(example, lm) for example in batch]
         spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)
         if lm.kind is ModelKind.SEQ2SEQ:
@@ -74,9 +75,13 @@ class ClassificationTask:
             decoder_ids = torch.full((spliced.inputs_embeds.shape[0], 1), start, dtype=torch.long)
             logits = lm.model(**spliced.model_kwargs(), decoder_input_ids=decoder_ids).logits
         else:
-            logits = lm.model(**spliced.model_kwargs()).logits
-        last = logits[:, -1, self.verbalizer_ids(lm)]  # (P*B, C)
+            logits = lm.model(**spliced.model_kwargs(), logits_to_keep=1).logits
+        last = logits[:, -1, : lm.vocab_size]  # (P*B, V)
         return last.reshape(spliced.num_prompts, spliced.batch_size, -1)
+
+    def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
+        """(P, B, C) verbalizer logits."""
+        return self.vocab_logits(lm, prompt_embeds, batch)[..., self.verbalizer_ids(lm)]
 
     def loss(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
@@ -91,16 +96,20 @@ class ClassificationTask:
         *,
         limit: int | None = None,
         batch_size: int = 16,
-    ) -> float:
+    ) -> Evaluated:
+        """Accuracy, and as the objective the mean log-probability of the correct verbalizer
+        (softmax over the verbalizers: minus the cross-entropy the prompt is trained on)."""
         examples = subset(self.examples(split), limit)
         if not examples:
             raise UserError(f"split {split} of task {self.name} is empty")
-        correct = 0
+        correct, log_prob = 0, 0.0
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            logits = self.output_logits(lm, prompt_embeds, batch)[0]
-            correct += int((logits.argmax(-1) == _labels(batch)).sum())
-        return correct / len(examples)
+            logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
+            labels = _labels(batch)
+            correct += int((logits.argmax(-1) == labels).sum())
+            log_prob += float(F.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).sum())
+        return Evaluated(metric=correct / len(examples), objective=log_prob / len(examples))
 
     @torch.no_grad()
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:

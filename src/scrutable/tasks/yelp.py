@@ -59,7 +59,7 @@ import torch
 from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind, SentenceEncoder, load_encoder
 from scrutable.paths import DATA_DIR_ENV, cache_dir, require_file
-from scrutable.tasks.base import RewardResult, Split, subset
+from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
 from scrutable.tasks.inputs import SplicedBatch, splice_prompt, token_ids
 
 DATA_HINT = "point --data-dir at a folder laid out like ../shared/data"
@@ -355,6 +355,12 @@ class YelpTask:
     def output_logits(
         self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[TransferExample]
     ) -> torch.Tensor:
+        """(P, B, V): the answer of a rewrite is its first token, over the whole vocabulary."""
+        return self.vocab_logits(lm, prompt_embeds, batch)
+
+    def vocab_logits(
+        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[TransferExample]
+    ) -> torch.Tensor:
         """(P, B, V) next-token logits at the first generated position."""
         spliced = self._splice(lm, prompt_embeds, batch)
         out = lm.model(**spliced.model_kwargs(), logits_to_keep=1)
@@ -370,10 +376,10 @@ class YelpTask:
         *,
         limit: int | None = None,
         batch_size: int = 16,
-    ) -> float:
-        """Mean joint score of greedy rewrites."""
+    ) -> Evaluated:
+        """Mean joint score of greedy rewrites; already continuous, so it is the objective too."""
         report = self.evaluate_detailed(lm, prompt_embeds, split, limit=limit, batch_size=batch_size)
-        return report.joint
+        return Evaluated(metric=report.joint, objective=report.joint)
 
     @torch.no_grad()
     def evaluate_detailed(

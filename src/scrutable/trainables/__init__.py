@@ -4,7 +4,7 @@
     config = from_mapping(method.config_cls, {"task": "sst2", "alpha": 0.1})
     result = method.run(config)
 
-Sweep files name methods through `METHODS`; the Ray Tune adapter is `tune_adapter.py`.
+Sweep files name methods through `METHODS`; the Ray Tune trainable is `sweep/trainable.py`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ its fields to `TrainConfig`) and a `run(config, ...)` loop that reads top to bot
 loop talks to the outside only through three callables, so the same loop runs in a test,
 in `scrutable train` and inside a Ray Tune trial:
 
-- `report(Evaluation)` at every evaluation: metrics, the checkpoint state, the card,
+- `report(Evaluation)` at every evaluation: one prompt's row, the checkpoint state, its card,
 - `progress(step, values)` after every step (the CLI's progress bar; None elsewhere),
 - a `Scorer` for perplexities (in process here; one shared Ray actor in a sweep).
 """
@@ -28,9 +28,11 @@ from scrutable.metrics.perplexity import LocalScorer, Scorer
 from scrutable.metrics.unembed import Distance
 from scrutable.models import LanguageModel, load_model
 from scrutable.tasks import Task, get_task
+from scrutable.trainables.record import PromptRecord, better
 
 Progress = Callable[[int, dict[str, float]], None]
 STATE_FILE = "state.pt"
+DIVERGED = 1e30  # |loss| or |reward| beyond this is an overflow on its way to inf
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,9 @@ class Setup:
 @dataclass(frozen=True)
 class Evaluation:
     step: int
-    metrics: dict[str, Any]  # namespaced keys (`metrics/keys.py`) plus prompt text and ids
+    metrics: dict[str, Any]  # one prompt's row (`PromptRecord.row`) plus the train/* means
     state: dict[str, Any]  # everything needed to resume exactly (`save_state`)
-    card: InterpretabilityCard  # the prompt's card (on test in the final evaluation)
+    card: InterpretabilityCard  # that prompt's card (the best prompt's on test in the final one)
     final: bool
 
 
@@ -97,8 +99,8 @@ Report = Callable[[Evaluation], None]
 
 @dataclass
 class TrainResult:
-    metrics: dict[str, Any]  # the final report (dev and test)
-    card: InterpretabilityCard  # the final prompt's card on the test split
+    metrics: dict[str, Any]  # the final row: the best prompt's dev and test numbers
+    card: InterpretabilityCard  # the best prompt's card on the test split
     state: dict[str, Any] = field(repr=False)
 
 
@@ -117,36 +119,12 @@ def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
 
 
 def check_finite(value: float, what: str, step: int, config: TrainConfig) -> None:
-    if not math.isfinite(value):
+    """NaN and overflow alike (an inf loss, or a value past 1e30) are a divergence."""
+    if not math.isfinite(value) or abs(value) > DIVERGED:
         raise TrainingDiverged(
-            f"{what} became {value} at step {step}: lower learning_rate (now {config.learning_rate}) "
-            f"or alpha (now {config.alpha})"
+            f"training diverged: {what} became {value:g} at step {step}: lower learning_rate "
+            f"(now {config.learning_rate:g}) or alpha (now {config.alpha:g})"
         )
-
-
-def evaluate(
-    s: Setup, config: TrainConfig, prompt: torch.Tensor, *, is_soft: bool, split: str = "dev"
-) -> tuple[dict[str, Any], InterpretabilityCard]:
-    """Metrics of one prompt (L, D) under the namespaced keys, plus its card."""
-    limit = config.eval_limit if split == "dev" else config.test_limit
-    card = build_card(
-        s.task,
-        s.lm,
-        s.scorer,
-        prompt,
-        is_soft=is_soft,
-        split=split,
-        limit=limit,
-        distance=config.distance,
-        batch_size=max(config.batch_size, 16),
-    )
-    metrics: dict[str, Any] = card.metrics(split_prefix=split)
-    metrics.update(prompt_fields(card))
-    return metrics, card
-
-
-def prompt_fields(card: InterpretabilityCard) -> dict[str, Any]:
-    return {"prompt/text": card.unembedded_text, "prompt/token_ids": card.token_ids}
 
 
 def save_state(state: Mapping[str, Any], directory: str | Path) -> Path:
@@ -194,22 +172,159 @@ def initial_prompt(
     return torch.randn(length, lm.hidden_size, generator=generator) * std
 
 
-def with_train_values(metrics: dict[str, Any], step: int, **values: float) -> dict[str, Any]:
-    metrics[keys.TRAIN_STEP] = step
-    metrics.update(values)
-    return metrics
+# ---------------------------------------------------------------------------------------
+# The loop skeleton every method shares
+# ---------------------------------------------------------------------------------------
 
 
-BEST_DEV_KEYS = (keys.TASK_DEV, keys.TASK_DEV_UNEMBEDDED, keys.PERPLEXITY, keys.LOG_PERPLEXITY)
+def evaluate_prompt(
+    s: Setup,
+    config: TrainConfig,
+    prompt: torch.Tensor,
+    *,
+    is_soft: bool,
+    step: int,
+    token_ids: torch.Tensor | None = None,
+    split: str = "dev",
+) -> tuple[PromptRecord, InterpretabilityCard]:
+    """Measure one prompt (L, D) on a split: its record and card."""
+    card = build_card(
+        s.task,
+        s.lm,
+        s.scorer,
+        prompt,
+        is_soft=is_soft,
+        split=split,
+        limit=config.eval_limit if split == "dev" else config.test_limit,
+        distance=config.distance,
+        batch_size=max(config.batch_size, 16),
+        token_ids=token_ids,
+    )
+    return PromptRecord.from_card(card, step, prompt if is_soft else None), card
 
 
-def best_hard_prompt_metrics(
-    s: Setup, config: TrainConfig, best_ids: torch.Tensor, best_dev: Mapping[str, Any]
-) -> tuple[dict[str, Any], InterpretabilityCard]:
-    """Final numbers of the best hard prompt (PEZ, RLPrompt): its dev numbers, kept when it
-    was found (`BEST_DEV_KEYS`), plus its test metric, text and test card."""
-    test, card = evaluate(s, config, s.lm.embedding_matrix[best_ids], is_soft=False, split="test")
-    out = dict(best_dev)
-    out[keys.TASK_TEST] = out[keys.TASK_TEST_UNEMBEDDED] = test[keys.TASK_TEST]
-    out.update(prompt_fields(card))
-    return out, card
+class Loop:
+    """What every method's loop shares: the data generator, the step count, running means
+    of the step values, the evaluation schedule, the best prompt record, the reports and
+    the resumable state. A method owns its parameters and its step; it calls
+
+        loop = Loop(s, config, report=report, progress=progress)
+        ... build parameters (may draw from loop.generator) ...
+        state = loop.resume(state)          # restores step, generator, best record
+        ... restore the method's own parts from state ...
+        while not loop.done:
+            ... one step ...
+            if loop.step_finished({keys.TRAIN_LOSS: loss}):  # after loop.optimizer_step(optimizer)
+                loop.evaluate(prompt, is_soft=..., method_state=snapshot)
+        return loop.result(snapshot)
+
+    `method_state()` returns the method's own part of the checkpoint (deep copies: a report
+    may keep the state while training mutates the tensors in place).
+    """
+
+    def __init__(
+        self, s: Setup, config: TrainConfig, *, report: Report | None = None, progress: Progress | None = None
+    ) -> None:
+        self.s = s
+        self.config = config
+        self.report = report
+        self.progress = progress
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.best: PromptRecord | None = None
+        self.resumed_after_end = False
+        self._totals: dict[str, list[float]] = {}
+        self._final: tuple[dict[str, Any], InterpretabilityCard] | None = None
+
+    def resume(self, state: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if state is not None:
+            self.generator.set_state(state["generator"])
+            self.step = int(state["step"])
+            self.best = None if state.get("best") is None else PromptRecord.from_state(state["best"])
+            self.resumed_after_end = self.step >= self.config.steps
+        return state
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """`optimizer.step()`, with an update too large for float32 reported as a divergence."""
+        try:
+            optimizer.step()
+        except RuntimeError as exc:
+            if "overflow" not in str(exc):
+                raise
+            raise TrainingDiverged(
+                f"training diverged: the update overflowed float32 at step {self.step + 1}: lower learning_rate "
+                f"(now {self.config.learning_rate:g})"
+            ) from None
+
+    def step_finished(self, values: Mapping[str, float]) -> bool:
+        """Count one step and its values (`keys.TRAIN_*`); True when an evaluation is due."""
+        self.step += 1
+        for key, value in values.items():
+            check_finite(value, key, self.step, self.config)
+            self._totals.setdefault(key, []).append(value)
+        if self.progress is not None:
+            self.progress(self.step, {key.split("/")[-1]: value for key, value in values.items()})
+        return self.step % self.config.eval_interval == 0 or self.step == self.config.steps
+
+    def evaluate(
+        self,
+        prompt: torch.Tensor,
+        *,
+        is_soft: bool,
+        method_state: Callable[[], dict[str, Any]],
+        token_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Evaluate the current prompt on dev, keep it if it is the best so far, and report.
+
+        Every row describes one prompt: the evaluated one, or at the last step the best
+        one with its test numbers (`PromptRecord`)."""
+        record, card = evaluate_prompt(
+            self.s, self.config, prompt, is_soft=is_soft, step=self.step, token_ids=token_ids
+        )
+        became_best = better(record, self.best)
+        if became_best:
+            self.best = record
+        final = self.step == self.config.steps
+        if final:
+            row, card = self._final_row()
+        else:
+            row = record.row(is_best=became_best)
+        row.update({key: sum(v) / len(v) for key, v in self._totals.items() if v})
+        row[keys.TRAIN_STEP] = self.step
+        self._totals.clear()
+        if self.report is not None:
+            self.report(Evaluation(self.step, row, self.snapshot(method_state), card, final=final))
+
+    def _final_row(self) -> tuple[dict[str, Any], InterpretabilityCard]:
+        if self._final is None:
+            if self.best is None:
+                raise UserError("no prompt was evaluated: resume from a state reported by this method")
+            best = self.best
+            _, card = evaluate_prompt(
+                self.s,
+                self.config,
+                best.embeds(self.s.lm.embedding_matrix),
+                is_soft=best.is_soft,
+                step=best.step,
+                token_ids=None if best.is_soft else torch.tensor(best.token_ids),
+                split="test",
+            )
+            self._final = best.with_test(card).row(is_best=True), card
+        return dict(self._final[0]), self._final[1]
+
+    def snapshot(self, method_state: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return {
+            **method_state(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+            "best": None if self.best is None else self.best.to_state(),
+        }
+
+    def result(self, method_state: Callable[[], dict[str, Any]]) -> TrainResult:
+        row, card = self._final_row()
+        row[keys.TRAIN_STEP] = self.step
+        return TrainResult(metrics=row, card=card, state=self.snapshot(method_state))

@@ -6,7 +6,10 @@ Keep a continuous prompt P (L, D). Each step:
 2. run the frozen model with P' and take the task loss;
 3. hand the gradient taken at P' straight to P (straight-through) and step AdamW
    (reference: lr 0.1, weight decay 0.1).
-The best projected prompt on the dev split is kept and reported at the end.
+Every evaluation measures the projected prompt (a hard prompt: what PEZ delivers); the best
+one on the dev objective is kept and reported at the end (`trainables/record.py`).
+Projection is by cosine, as the reference; the reported distance differentials are the
+same for every method (both distances, `card.py`).
 
 The paper's "unembedded gradient descent" adds alpha times a perplexity term of the
 projected tokens: J = task loss + alpha * ppl_term(ids). A perplexity of decoded text
@@ -43,22 +46,16 @@ from scrutable.metrics.unembed import Distance, project_to_vocabulary
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks import sample_batch
 from scrutable.trainables.common import (
-    BEST_DEV_KEYS,
-    Evaluation,
+    Loop,
     Progress,
     Report,
     Setup,
     TrainConfig,
     TrainResult,
-    best_hard_prompt_metrics,
-    check_finite,
-    evaluate,
     initial_prompt,
     setup,
-    with_train_values,
 )
 
-TASK_DEV_CONTINUOUS = "task/dev_metric_continuous"
 SCORERS_BY_VOCABULARY = "distilgpt2 or gpt2: gpt2, gpt2-medium, gpt2-large, gpt2-xl; smollm2-135m: smollm2-135m"
 
 
@@ -66,7 +63,6 @@ SCORERS_BY_VOCABULARY = "distilgpt2 or gpt2: gpt2, gpt2-medium, gpt2-large, gpt2
 class PezConfig(TrainConfig):
     learning_rate: float = 0.1
     weight_decay: float = 0.1
-    distance: Distance = Distance.COSINE  # PEZ projects by cosine; report the same
     perplexity_source: Literal["scorer", "task_model"] = "scorer"
     perplexity_term: Literal["log", "raw"] = "log"
     relaxation_temperature: float = 0.1
@@ -131,35 +127,23 @@ def run(
     # --- setup --------------------------------------------------------------------------
     s = setup(config, scorer)
     check_compatible(s, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, generator))
+    loop = Loop(s, config, report=report, progress=progress)
+    prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
     optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
-    step, best_metric, best_ids, best_dev = 0, -math.inf, None, {}
-    if state is not None:
+    if loop.resume(state) is not None:
+        assert state is not None
         with torch.no_grad():
             prompt.copy_(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, best_metric, best_ids = int(state["step"]), float(state["best_metric"]), state["best_ids"]
-        best_dev = dict(state["best_dev"])
     train = s.task.examples("train")
     embeddings = s.lm.embedding_matrix
 
-    def snapshot() -> dict[str, Any]:
-        return {
-            "prompt": prompt.detach().clone(),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "generator": generator.get_state(),
-            "step": step,
-            "best_metric": best_metric,
-            "best_ids": best_ids,
-            "best_dev": best_dev,
-        }
+    def method_state() -> dict[str, Any]:
+        return {"prompt": prompt.detach().clone(), "optimizer": copy.deepcopy(optimizer.state_dict())}
 
     # --- train --------------------------------------------------------------------------
-    totals: dict[str, list[float]] = {keys.TRAIN_LOSS: [], keys.TRAIN_TASK_LOSS: []}
-    while step < config.steps:
-        batch = sample_batch(train, config.batch_size, generator)
+    while not loop.done:
+        batch = sample_batch(train, config.batch_size, loop.generator)
         ids, projected = project_to_vocabulary(prompt, embeddings, Distance.COSINE)
         task_loss = s.task.loss(s.lm, projected, batch)
         loss = task_loss
@@ -171,33 +155,12 @@ def run(
             loss = task_loss + config.alpha * term
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-        step += 1
-        totals[keys.TRAIN_LOSS].append(float(loss.detach()))
-        totals[keys.TRAIN_TASK_LOSS].append(float(task_loss.detach()))
-        check_finite(totals[keys.TRAIN_LOSS][-1], "the PEZ loss", step, config)
-        if progress is not None:
-            progress(step, {"loss": totals[keys.TRAIN_LOSS][-1]})
-        if step % config.eval_interval == 0 or step == config.steps:
-            metrics, card = evaluate(s, config, prompt, is_soft=True)
-            # PEZ delivers the projected prompt: that is the metric it is judged by.
-            metrics[TASK_DEV_CONTINUOUS] = metrics[keys.TASK_DEV]
-            metrics[keys.TASK_DEV] = metrics[keys.TASK_DEV_UNEMBEDDED]
-            if metrics[keys.TASK_DEV] > best_metric:
-                best_metric, best_ids = metrics[keys.TASK_DEV], torch.tensor(card.token_ids)
-                best_dev = {k: metrics[k] for k in BEST_DEV_KEYS}
-            with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
-            for values in totals.values():
-                values.clear()
-            if step == config.steps:
-                assert best_ids is not None  # set at the first evaluation
-                best, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
-                metrics.update(best)
-            if report is not None:
-                report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
+        loop.optimizer_step(optimizer)
+        values = {keys.TRAIN_LOSS: float(loss.detach()), keys.TRAIN_TASK_LOSS: float(task_loss.detach())}
+        if loop.step_finished(values):
+            # PEZ delivers the projected (hard) prompt: that is the prompt evaluated and kept.
+            ids = project_to_vocabulary(prompt, embeddings, Distance.COSINE)[0]
+            loop.evaluate(embeddings[ids], is_soft=False, token_ids=ids, method_state=method_state)
 
     # --- cleanup ------------------------------------------------------------------------
-    if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
-        assert best_ids is not None
-        metrics, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
-    return TrainResult(metrics=metrics, card=card, state=snapshot())
+    return loop.result(method_state)

@@ -15,8 +15,8 @@ passes through a trainable MLP before the LM head (`sql.AdaptorPolicy`). Each st
    target MLP's teacher-forced logits of the same ids; Adam with gradient-norm clipping.
 
 Every `eval_interval` steps the greedy (argmax) prompt is evaluated on dev like any hard
-prompt; the best one on dev by the task metric is kept (as PEZ does, whatever alpha), and
-the final report gives its dev and test metrics. The state reported with each evaluation
+prompt; the best one on the dev objective is kept (as PEZ does, whatever alpha;
+`trainables/record.py`), and the final report gives its dev and test numbers. The state reported with each evaluation
 (MLP, target MLP, Adam, generator, step, best prompt) resumes the run exactly when the
 task's reward is deterministic (SST-2, BoolQ); Yelp samples its rewrites from its own seed
 and call count, which a resumed run starts again.
@@ -86,19 +86,14 @@ from scrutable.metrics.perplexity import PerplexityResult, Scorer, score_request
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks import sample_batch
 from scrutable.trainables.common import (
-    BEST_DEV_KEYS,
-    Evaluation,
+    Loop,
     Progress,
     Report,
     Setup,
     TrainConfig,
     TrainResult,
-    best_hard_prompt_metrics,
     cached_model,
-    check_finite,
-    evaluate,
     setup,
-    with_train_values,
 )
 from scrutable.trainables.sql import (
     DEFAULT_IMPL,
@@ -110,14 +105,6 @@ from scrutable.trainables.sql import (
     shape_rewards,
     soft_q_loss,
     zscore,
-)
-
-# Means over the sampled prompts since the last evaluation (alongside keys.TRAIN_REWARD,
-# the raw task reward, and keys.TRAIN_LOSS).
-TRAIN_PERPLEXITY, TRAIN_LOG_PERPLEXITY, TRAIN_TASK_METRIC = (
-    keys.TRAIN_PERPLEXITY,
-    keys.TRAIN_LOG_PERPLEXITY,
-    keys.TRAIN_TASK_METRIC,
 )
 
 # examples/few-shot-classification/config.yaml: reward_shaping_old_min/max 0/1,
@@ -268,45 +255,28 @@ def run(
         )
     target = policy.make_target()  # shares the frozen LM, copies the MLP
     optimizer = torch.optim.Adam(policy.mlp.parameters(), lr=config.learning_rate)
-    generator = torch.Generator().manual_seed(config.seed)
-    step, best_metric, best_dev = 0, -math.inf, {}
-    best_ids: torch.Tensor | None = None  # the best greedy prompt on dev so far, (L,)
-    if state is not None:
+    loop = Loop(s, config, report=report, progress=progress)
+    if loop.resume(state) is not None:
+        assert state is not None
         policy.load_trainable_state_dict(state["mlp"])
         target.load_trainable_state_dict(state["target_mlp"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, best_metric, best_ids = int(state["step"]), float(state["best_metric"]), state["best_ids"]
-        best_dev = dict(state["best_dev"])
     train = s.task.examples("train")
     lengths = torch.full((config.prompts_per_step,), config.prompt_length, dtype=torch.long)  # (P,)
 
-    def snapshot() -> dict[str, Any]:
-        # Deep copies: a report may keep the state while training mutates these in place.
+    def method_state() -> dict[str, Any]:
         return {
             "mlp": copy.deepcopy(policy.trainable_state_dict()),
             "target_mlp": copy.deepcopy(target.trainable_state_dict()),
             "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "generator": generator.get_state(),
-            "step": step,
-            "best_metric": best_metric,
-            "best_ids": None if best_ids is None else best_ids.clone(),
-            "best_dev": dict(best_dev),
         }
 
     # --- train --------------------------------------------------------------------------
-    totals: dict[str, list[float]] = {
-        keys.TRAIN_LOSS: [],
-        keys.TRAIN_REWARD: [],
-        TRAIN_TASK_METRIC: [],
-        TRAIN_PERPLEXITY: [],
-        TRAIN_LOG_PERPLEXITY: [],
-    }
-    while step < config.steps:
+    while not loop.done:
         polyak_update(target, policy, config.polyak_rate)  # SQLModule._pre_steps: before every step
-        batch = sample_batch(train, config.batch_size, generator)
+        batch = sample_batch(train, config.batch_size, loop.generator)
         ids, logits = policy.sample(
-            config.prompts_per_step, config.prompt_length, start, top_k=config.top_k, generator=generator
+            config.prompts_per_step, config.prompt_length, start, top_k=config.top_k, generator=loop.generator
         )  # (P, L), (P, L, V) with grad
         with torch.no_grad():
             target_logits = target.forward_logits(ids, start)  # (P, L, V), teacher-forced
@@ -317,35 +287,17 @@ def run(
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.mlp.parameters(), config.grad_clip)
-        optimizer.step()
-        step += 1
-        totals[keys.TRAIN_LOSS].append(float(loss.detach()))
-        totals[keys.TRAIN_REWARD].append(float(scored.rewards.mean()))
-        totals[TRAIN_TASK_METRIC].append(float(scored.metric.float().mean()))
-        totals[TRAIN_PERPLEXITY].append(sum(r.perplexity for r in perplexities) / len(perplexities))
-        totals[TRAIN_LOG_PERPLEXITY].append(sum(r.mean_nll for r in perplexities) / len(perplexities))
-        check_finite(totals[keys.TRAIN_REWARD][-1], "the task reward", step, config)
-        check_finite(totals[keys.TRAIN_LOSS][-1], "the soft Q-learning loss", step, config)
-        if progress is not None:
-            progress(step, {"reward": totals[keys.TRAIN_REWARD][-1], "loss": totals[keys.TRAIN_LOSS][-1]})
-        if step % config.eval_interval == 0 or step == config.steps:
+        loop.optimizer_step(optimizer)
+        values = {
+            keys.TRAIN_REWARD: float(scored.rewards.mean()),
+            keys.TRAIN_LOSS: float(loss.detach()),
+            keys.TRAIN_TASK_METRIC: float(scored.metric.float().mean()),
+            keys.TRAIN_PERPLEXITY: sum(r.perplexity for r in perplexities) / len(perplexities),
+            keys.TRAIN_LOG_PERPLEXITY: sum(r.mean_nll for r in perplexities) / len(perplexities),
+        }
+        if loop.step_finished(values):
             ids_now = greedy_prompt(policy, config.prompt_length, start)  # (L,)
-            metrics, card = evaluate(s, config, s.lm.embedding_matrix[ids_now], is_soft=False)
-            if best_ids is None or metrics[keys.TASK_DEV] > best_metric:
-                best_metric, best_ids = metrics[keys.TASK_DEV], ids_now
-                best_dev = {k: metrics[k] for k in BEST_DEV_KEYS}
-            with_train_values(metrics, step, **{k: sum(v) / len(v) for k, v in totals.items()})
-            for values in totals.values():
-                values.clear()
-            if step == config.steps:
-                best, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
-                metrics.update(best)
-            if report is not None:
-                report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
+            loop.evaluate(s.lm.embedding_matrix[ids_now], is_soft=False, token_ids=ids_now, method_state=method_state)
 
     # --- cleanup ------------------------------------------------------------------------
-    if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
-        if best_ids is None:
-            raise UserError("the checkpoint has no best prompt: resume from a state reported by this method")
-        metrics, card = best_hard_prompt_metrics(s, config, best_ids, best_dev)
-    return TrainResult(metrics=metrics, card=card, state=snapshot())
+    return loop.result(method_state)

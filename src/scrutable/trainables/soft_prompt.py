@@ -7,6 +7,9 @@ still reports the prompt's unembedded tokens, their perplexity under the scorer 
 faithfulness measures, so the baseline sits on the same axes as PEZ and RLPrompt. For T5
 the vectors go in front of the encoder input only (not also the decoder, a PEFT pitfall).
 The reference trains with Adafactor at learning rate 0.3 (no relative step, no scaling).
+The soft prompt kept is the best one on the dev objective (`trainables/record.py`); its
+card reports its vectors' norm next to the vocabulary's, and says when it left the
+vocabulary's range (then every nearest token is far and the unembedding arbitrary).
 
     from scrutable.trainables.soft_prompt import SoftPromptConfig, run
     result = run(SoftPromptConfig(task="boolq", model="t5-small", scorer="gpt2-xl"))
@@ -25,16 +28,13 @@ from scrutable.metrics import keys
 from scrutable.metrics.perplexity import Scorer
 from scrutable.tasks import sample_batch
 from scrutable.trainables.common import (
-    Evaluation,
+    Loop,
     Progress,
     Report,
     TrainConfig,
     TrainResult,
-    check_finite,
-    evaluate,
     initial_prompt,
     setup,
-    with_train_values,
 )
 
 
@@ -69,54 +69,29 @@ def run(
 ) -> TrainResult:
     # --- setup --------------------------------------------------------------------------
     s = setup(config, scorer)
-    generator = torch.Generator().manual_seed(config.seed)
-    prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, generator))
+    loop = Loop(s, config, report=report, progress=progress)
+    prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
     optimizer = make_optimizer(config.optimizer, [prompt], config.learning_rate, config.weight_decay)
-    step = 0
-    if state is not None:
+    if loop.resume(state) is not None:
+        assert state is not None
         with torch.no_grad():
             prompt.copy_(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
     train = s.task.examples("train")
 
-    def snapshot() -> dict[str, Any]:
-        # Deep copies: a report may keep the state while training mutates these in place.
-        return {
-            "prompt": prompt.detach().clone(),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "generator": generator.get_state(),
-            "step": step,
-        }
+    def method_state() -> dict[str, Any]:
+        return {"prompt": prompt.detach().clone(), "optimizer": copy.deepcopy(optimizer.state_dict())}
 
     # --- train --------------------------------------------------------------------------
-    losses: list[float] = []
-    while step < config.steps:
-        batch = sample_batch(train, config.batch_size, generator)
+    while not loop.done:
+        batch = sample_batch(train, config.batch_size, loop.generator)
         loss = s.task.loss(s.lm, prompt, batch)
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        check_finite(losses[-1], "the task loss", step, config)
-        if progress is not None:
-            progress(step, {"loss": losses[-1]})
-        if step % config.eval_interval == 0 or step == config.steps:
-            metrics, card = evaluate(s, config, prompt, is_soft=True)
-            mean_loss = sum(losses) / len(losses)
-            with_train_values(metrics, step, **{keys.TRAIN_LOSS: mean_loss, keys.TRAIN_TASK_LOSS: mean_loss})
-            losses.clear()
-            if step == config.steps:
-                test_metrics, card = evaluate(s, config, prompt, is_soft=True, split="test")
-                metrics.update({k: v for k, v in test_metrics.items() if k.startswith("task/")})
-            if report is not None:
-                report(Evaluation(step, metrics, snapshot(), card, final=step == config.steps))
+        loop.optimizer_step(optimizer)
+        value = float(loss.detach())
+        if loop.step_finished({keys.TRAIN_LOSS: value, keys.TRAIN_TASK_LOSS: value}):
+            loop.evaluate(prompt, is_soft=True, method_state=method_state)
 
     # --- cleanup ------------------------------------------------------------------------
-    if state is not None and int(state["step"]) >= config.steps:  # resumed after the end
-        metrics, _ = evaluate(s, config, prompt, is_soft=True)
-        test_metrics, card = evaluate(s, config, prompt, is_soft=True, split="test")
-        metrics.update({k: v for k, v in test_metrics.items() if k.startswith("task/")})
-    return TrainResult(metrics=metrics, card=card, state=snapshot())
+    return loop.result(method_state)

@@ -1,4 +1,5 @@
-"""Tests for scrutable.sweep.export: reading a real Tune experiment and writing the frontier.
+"""Tests for scrutable.sweep.results and .frontier: reading a real Tune experiment and
+writing the frontier.
 
 The module fixture runs a real (tiny) Ray Tune grid with a fake trainable that reports
 the sweep's metric keys from alpha and prompt length, checkpoints `state.pt` + `card.json`
@@ -7,7 +8,7 @@ child runs. No model is loaded, and the trial config leaves out the spec object:
 unpickling it imports `scrutable.sweep.spec`, hence torch (~5 s per trial on two cores).
 Synthetic records cover the edge cases (one objective, no completed trial, three
 objectives) without Ray.
-Run: python -m pytest tests/sweep/test_export.py -q
+Run: python -m pytest tests/sweep/test_frontier.py -q
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import numpy as np
 import pytest
 
 from scrutable.metrics import keys
-from scrutable.sweep.export import TrialRecord, collect_trials, export_pareto, render_summary
+from scrutable.sweep.frontier import export_pareto, render_summary
 from scrutable.sweep.pareto import default_reference, hypervolume
+from scrutable.sweep.results import TrialRecord, collect_trials
 from scrutable.sweep.spec import Dimension, Mode, Objective, SweepSpec, Tracking
 
 MAX, MIN = "maximize", "minimize"
 # Plain strings for the worker side: referencing `keys` there would import scrutable.metrics (torch).
-DEV, TEST, PPL, DIST = keys.TASK_DEV, keys.TASK_TEST, keys.PERPLEXITY, keys.DISTANCE
+DEV, TEST, PPL, DIST = keys.TASK_DEV, keys.TASK_TEST, keys.PERPLEXITY, keys.DISTANCE_EUCLIDEAN
+OBJ = keys.TASK_DEV_OBJECTIVE
 MSE, TOP1, PDIFF, STEP = keys.OUTPUT_MSE, keys.TOP1_AGREEMENT, keys.PERFORMANCE_DIFF, keys.TRAIN_STEP
 FAIL_MESSAGE = "fake trainable refuses prompt_length 8 at alpha 0"
 ALPHA = Dimension(low=0.01, high=10.0, log=True, zero=True)
@@ -51,6 +54,8 @@ def make_spec(storage: Path | str = "runs", **changes) -> SweepSpec:
         model="tiny-gpt2",
         scorer="tiny-gpt2",
         search={"alpha": ALPHA, "prompt_length": Dimension(values=[3, 8])},
+        # The synthetic records below speak of the dev metric; the real sweep's rows carry both.
+        objectives=[Objective(keys.TASK_DEV, Mode.MAX), Objective(keys.PERPLEXITY, Mode.MIN)],
         storage=str(storage),
     )
     return replace(spec, **changes)
@@ -62,6 +67,7 @@ def fake_metrics(alpha: float, length: int, step: int) -> dict:
     perplexity = math.inf if alpha == 0 and length == 3 else 500 / (1 + 10 * alpha) + 10 * length
     return {
         DEV: dev,
+        OBJ: math.log(dev),
         TEST: dev - 0.05,
         PPL: perplexity,
         DIST: 0.1 * length,
@@ -77,8 +83,7 @@ def fake_metrics(alpha: float, length: int, step: int) -> dict:
 def fake_trainable(config: dict) -> None:
     from ray import tune
 
-    # ALPHA.decode, spelled out so the worker needs no scrutable import.
-    alpha = 0.0 if config["alpha"] < math.log10(0.01) else 10.0 ** config["alpha"]
+    alpha = config["alpha"]  # decoded by the searcher (search_space.py), as in a sweep
     length = config["prompt_length"]
     if alpha == 0 and length == 8:
         raise RuntimeError(FAIL_MESSAGE)
@@ -126,7 +131,7 @@ def sweep(tmp_path_factory):
         tuner = tune.Tuner(
             fake_trainable,
             param_space={
-                "alpha": tune.grid_search([ALPHA.zero_point(), -1.0, 1.0]),  # encoded: 0, 0.1, 10
+                "alpha": tune.grid_search([0.0, 0.1, 10.0]),
                 "prompt_length": tune.grid_search([3, 8]),
             },
             tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),  # halves the run time
@@ -136,7 +141,9 @@ def sweep(tmp_path_factory):
                 verbose=0,
                 # The JSON logger explicitly, so both of collect_trials' sources get tested.
                 callbacks=[
-                    tracking.MlflowTracking(uri, experiment_id, parent_id, {"method": "fake"}),
+                    tracking.MlflowTracking(
+                        uri, experiment_id, parent_id, {"method": "fake"}, ["alpha", "prompt_length"]
+                    ),
                     JsonLoggerCallback(),
                 ],
             ),
@@ -176,7 +183,7 @@ def test_collect_trials_reads_statuses_results_and_run_ids(sweep):
         last = fake_metrics(alpha, length, 20)  # the LAST report, not the first
         assert record.objectives == pytest.approx({m: last[m] for m in spec.metric_names})
         assert record.test_metric == pytest.approx(last[keys.TASK_TEST])
-        assert record.faithfulness[keys.DISTANCE] == pytest.approx(0.1 * length)
+        assert record.faithfulness[keys.DISTANCE_EUCLIDEAN] == pytest.approx(0.1 * length)
         assert record.prompt_text == last["prompt/text"]
         assert record.token_ids == list(range(100, 100 + length))
         assert record.checkpoint is not None and record.checkpoint.name == "checkpoint_000001"
@@ -343,7 +350,7 @@ def test_explicit_reference_and_three_objectives(tmp_path):
         objectives=[
             Objective(keys.TASK_DEV, Mode.MAX),
             Objective(keys.PERPLEXITY, Mode.MIN),
-            Objective(keys.DISTANCE, Mode.MIN),
+            Objective(keys.DISTANCE_EUCLIDEAN, Mode.MIN),
         ]
     )
     rng = np.random.default_rng(0)
@@ -352,7 +359,7 @@ def test_explicit_reference_and_three_objectives(tmp_path):
             trial_id=f"t{i}",
             status="TERMINATED",
             params={"alpha": float(i)},
-            objectives={keys.TASK_DEV: float(d), keys.PERPLEXITY: float(p), keys.DISTANCE: float(x)},
+            objectives={keys.TASK_DEV: float(d), keys.PERPLEXITY: float(p), keys.DISTANCE_EUCLIDEAN: float(x)},
             prompt_text=f"p{i}",
         )
         for i, (d, p, x) in enumerate(zip(rng.random(12), rng.uniform(5, 500, 12), rng.random(12), strict=True))

@@ -1,0 +1,310 @@
+"""The Pareto frontier of a sweep, as files: which trials are non-dominated, and what they say.
+
+`export_pareto` keeps the completed trials whose objectives are all finite, marks the
+non-dominated ones (`pareto.non_dominated`: no other trial is at least as good in every
+objective and strictly better in one) and writes, under `out_dir`:
+
+    trials.csv    every trial, failed ones with the last line of their error
+    pareto.csv    the frontier: objectives, params, test metric, faithfulness, prompt, run id, checkpoint
+    pareto.json   the same plus counts, the hypervolume and the reference point it used
+    pareto.png    all trials, the frontier highlighted and joined by its attainment steps (`plots.py`)
+    pareto.html   the same in plotly, self-contained (plotly.js inlined: works offline)
+
+Every value of a row comes from one trial's final report, which describes one prompt (the
+best on the dev objective) with its dev and test numbers.
+
+The hypervolume (`pareto.hypervolume`) is measured against a stated reference point: the
+one passed in, else `pareto.default_reference` (10% of the observed range beyond the worst
+trial). Default references move with the data, so only compare hypervolumes across sweeps
+that were exported with the same explicit reference.
+
+    summary = export_pareto(collect_trials(folder, spec), spec, folder / "pareto")
+    print(render_summary(summary))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scrutable.metrics import keys
+from scrutable.sweep.pareto import Direction, default_reference, hypervolume, non_dominated
+from scrutable.sweep.plots import SHORT_PARAM, plot_html, plot_png, truncate
+from scrutable.sweep.results import FAILED, TrialRecord
+from scrutable.sweep.spec import SweepSpec
+
+REFERENCE_MARGIN = 0.1  # passed to default_reference
+_DIRECTION: dict[str, Direction] = {"max": "maximize", "min": "minimize"}
+
+
+@dataclass(frozen=True)
+class ParetoSummary:
+    """What `export_pareto` found and wrote; `render_summary` prints it."""
+
+    sweep: str
+    metric_names: list[str]
+    directions: list[str]  # the spec's "max"/"min"
+    param_names: list[str]
+    n_trials: int
+    n_completed: int
+    n_failed: int
+    n_excluded: int  # completed, but an objective is missing or not finite
+    frontier: list[TrialRecord]  # best first in the first objective
+    hypervolume: float | None
+    reference: list[float] | None  # in the objectives' own units, one per metric
+    reference_source: str | None
+    files: dict[str, Path]
+    failures: dict[str, str] = field(default_factory=dict)  # trial id -> error line
+    notes: list[str] = field(default_factory=list)
+
+
+def export_pareto(
+    records: Sequence[TrialRecord],
+    spec: SweepSpec,
+    out_dir: Path,
+    reference: Sequence[float] | None = None,
+) -> ParetoSummary:
+    """Write the frontier files under `out_dir` and return what they say.
+
+    `reference` is in the objectives' own units, one value per `spec.metric_names`
+    (a lower bound for maximised objectives, an upper bound for minimised ones).
+    With no eligible trial, the CSV/JSON files are written empty and the plots skipped.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = spec.metric_names
+    directions = [_DIRECTION[d] for d in spec.directions]
+    if reference is not None and len(reference) != len(metrics):
+        raise ValueError(f"reference has {len(reference)} values for {len(metrics)} objectives ({', '.join(metrics)})")
+
+    excluded = {r.trial_id: _exclusion(r, metrics) for r in records}
+    eligible = [r for r in records if excluded[r.trial_id] is None]
+    points = np.array([[r.objectives[m] for m in metrics] for r in eligible], dtype=float).reshape(-1, len(metrics))
+    on_frontier = non_dominated(points, directions)  # (N,)
+    frontier = _best_first([r for r, keep in zip(eligible, on_frontier, strict=True) if keep], metrics, directions)
+    frontier_ids = {r.trial_id for r in frontier}
+
+    notes: list[str] = []
+    volume = reference_values = source = None
+    if eligible:
+        if reference is None:
+            reference_values = [float(v) for v in default_reference(points, directions, margin=REFERENCE_MARGIN)]
+            source = f"default: {REFERENCE_MARGIN:.0%} of the observed range beyond the worst trial"
+        else:
+            reference_values, source = [float(v) for v in reference], "given"
+        volume = hypervolume(points, directions, reference_values)
+    else:
+        notes.append("no completed trial with finite objectives: no frontier, plots skipped")
+    non_finite = sum(1 for reason in excluded.values() if reason and reason.startswith("non-finite"))
+    if non_finite:
+        notes.append(f"{non_finite} completed trial(s) with a non-finite objective (e.g. perplexity inf) left out")
+    if len(metrics) == 1:
+        notes.append(f"single objective: the frontier is the best trial(s) by {metrics[0]}")
+
+    files = {
+        "trials.csv": out_dir / "trials.csv",
+        "pareto.csv": out_dir / "pareto.csv",
+        "pareto.json": out_dir / "pareto.json",
+    }
+    params = list(spec.search)
+    _write_csv(files["trials.csv"], records, spec, frontier_ids, excluded, full=True)
+    _write_csv(files["pareto.csv"], frontier, spec, frontier_ids, excluded, full=False)
+    summary = ParetoSummary(
+        sweep=spec.name,
+        metric_names=metrics,
+        directions=list(spec.directions),
+        param_names=params,
+        n_trials=len(records),
+        n_completed=sum(r.completed for r in records),
+        n_failed=sum(r.status == FAILED for r in records),
+        n_excluded=sum(1 for r in records if r.completed and excluded[r.trial_id] is not None),
+        frontier=frontier,
+        hypervolume=volume,
+        reference=reference_values,
+        reference_source=source,
+        files=files,
+        failures={r.trial_id: r.error or "" for r in records if r.status == FAILED},
+        notes=notes,
+    )
+    files["pareto.json"].write_text(json.dumps(_summary_json(summary), indent=2, allow_nan=False) + "\n")
+
+    plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
+    if eligible:
+        plot_png(plots["pareto.png"], eligible, frontier_ids, spec)
+        plot_html(plots["pareto.html"], eligible, frontier_ids, spec)
+        files.update(plots)
+    else:
+        for stale in plots.values():  # an older export's plot would contradict the CSVs
+            stale.unlink(missing_ok=True)
+    return summary
+
+
+def _exclusion(record: TrialRecord, metrics: Sequence[str]) -> str | None:
+    """Why a trial is not a frontier candidate, or None when it is one."""
+    if record.status == FAILED:
+        return f"failed: {record.error}"
+    if not record.completed:
+        return f"not completed ({record.status})"
+    missing = [m for m in metrics if m not in record.objectives]
+    if missing:
+        return f"missing objective {', '.join(missing)}"
+    bad = [m for m in metrics if not math.isfinite(record.objectives[m])]
+    if bad:
+        return "non-finite " + ", ".join(f"{m}={record.objectives[m]}" for m in bad)
+    return None
+
+
+def _best_first(records: list[TrialRecord], metrics: Sequence[str], directions: Sequence[str]) -> list[TrialRecord]:
+    def key(record: TrialRecord) -> tuple[float, ...]:
+        return tuple(
+            -record.objectives[m] if d == "maximize" else record.objectives[m]
+            for m, d in zip(metrics, directions, strict=True)
+        )
+
+    return sorted(records, key=lambda r: (key(r), r.trial_id))
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def _value_columns(spec: SweepSpec) -> list[str]:
+    """Objectives first, then the test metric, faithfulness and step, each once."""
+    return list(dict.fromkeys([*spec.metric_names, keys.TASK_TEST, *keys.FAITHFULNESS, keys.TRAIN_STEP]))
+
+
+def _write_csv(
+    path: Path,
+    records: Sequence[TrialRecord],
+    spec: SweepSpec,
+    frontier_ids: set[str],
+    excluded: dict[str, str | None],
+    *,
+    full: bool,
+) -> None:
+    head = ["trial_id", "status", "on_frontier"] if full else ["trial_id"]
+    tail = ["prompt_text", "token_ids", "mlflow_run_id", "checkpoint"] + (["excluded"] if full else [])
+    columns = head + list(spec.search) + _value_columns(spec) + tail
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in records:
+            row: dict[str, Any] = {
+                "trial_id": r.trial_id,
+                "status": r.status,
+                "on_frontier": r.trial_id in frontier_ids,
+            }
+            row.update({name: r.params.get(name) for name in spec.search})
+            row.update({column: r.metrics.get(column) for column in _value_columns(spec)})
+            row.update(
+                prompt_text=r.prompt_text,
+                token_ids=" ".join(map(str, r.token_ids)),
+                mlflow_run_id=r.mlflow_run_id,
+                checkpoint=r.checkpoint,
+                excluded=excluded.get(r.trial_id),
+            )
+            writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _frontier_json(record: TrialRecord) -> dict[str, Any]:
+    return {
+        "trial_id": record.trial_id,
+        "objectives": record.objectives,
+        "params": record.params,
+        "prompt_text": record.prompt_text,
+        "token_ids": record.token_ids,
+        "faithfulness": {k: _finite_or_none(v) for k, v in record.faithfulness.items()},
+        "test_metric": _finite_or_none(record.test_metric),
+        "mlflow_run_id": record.mlflow_run_id,
+        "checkpoint": None if record.checkpoint is None else str(record.checkpoint),
+    }
+
+
+def _summary_json(summary: ParetoSummary) -> dict[str, Any]:
+    reference = None
+    if summary.reference is not None:
+        reference = {
+            "values": dict(zip(summary.metric_names, summary.reference, strict=True)),
+            "source": summary.reference_source,
+        }
+    return {
+        "sweep": summary.sweep,
+        "objectives": [{"metric": m, "mode": d} for m, d in zip(summary.metric_names, summary.directions, strict=True)],
+        "counts": {
+            "trials": summary.n_trials,
+            "completed": summary.n_completed,
+            "failed": summary.n_failed,
+            "excluded": summary.n_excluded,
+            "frontier": len(summary.frontier),
+        },
+        "hypervolume": summary.hypervolume,
+        "reference": reference,
+        "frontier": [_frontier_json(r) for r in summary.frontier],
+        "failures": summary.failures,
+        "notes": summary.notes,
+    }
+
+
+# --- the one-screen summary ----------------------------------------------------------------
+
+
+def render_summary(summary: ParetoSummary, max_rows: int = 15) -> str:
+    """A plain-text table of the frontier, counts, hypervolume and files (fits one screen)."""
+    lines = [
+        f"sweep {summary.sweep}: {summary.n_trials} trials, {summary.n_completed} completed, "
+        f"{summary.n_failed} failed, {summary.n_excluded} excluded; {len(summary.frontier)} on the Pareto frontier"
+    ]
+    if summary.frontier:
+        header = [
+            "trial",
+            *(f"{m} ({d})" for m, d in zip(summary.metric_names, summary.directions, strict=True)),
+            *(SHORT_PARAM.get(p, p) for p in summary.param_names),
+            "prompt",
+        ]
+        rows = []
+        for r in summary.frontier[:max_rows]:
+            rows.append(
+                [
+                    r.trial_id,
+                    *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
+                    *(_cell(r.params.get(p)) for p in summary.param_names),
+                    repr(truncate(r.prompt_text, 40)),
+                ]
+            )
+        widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
+        for row in [header, *rows]:
+            lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if len(summary.frontier) > max_rows:
+            lines.append(f"  ... and {len(summary.frontier) - max_rows} more in pareto.csv")
+    if summary.hypervolume is not None and summary.reference is not None:
+        reference = ", ".join(f"{m}={v:.4g}" for m, v in zip(summary.metric_names, summary.reference, strict=True))
+        lines.append(
+            f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; {summary.reference_source})"
+        )
+    for trial_id, reason in list(summary.failures.items())[:5]:
+        lines.append(f"failed {trial_id}: {reason}")
+    if len(summary.failures) > 5:
+        lines.append(f"... and {len(summary.failures) - 5} more failures in trials.csv")
+    lines += [f"note: {note}" for note in summary.notes]
+    folder = next(iter(summary.files.values())).parent if summary.files else None
+    if folder is not None:
+        lines.append(f"files in {folder}: {', '.join(summary.files)}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
