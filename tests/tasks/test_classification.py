@@ -173,3 +173,20 @@ def test_evaluate_counts_correct_answers(tiny_gpt2, data_dir):
 def test_verbalizers_must_be_single_tokens(data_dir, smollm):
     task = get_task("sst2", data_dir=data_dir)
     assert len(task.verbalizer_ids(smollm)) == 2
+
+
+def test_sst2_glue_dev_pool_is_larger_and_disjoint_from_test(data_dir):
+    few_shot = get_task("sst2", data_dir=data_dir)
+    glue = get_task("sst2", data_dir=data_dir, dev_pool="glue")
+    assert len(few_shot.examples("dev")) == 32 and len(glue.examples("dev")) == 6735
+    assert glue.examples("train") == few_shot.examples("train")  # only selection changes
+    test = {e.text for e in glue.examples("test")}
+    assert not test & {e.text for e in glue.examples("dev")}
+    assert {e.label for e in subset(glue.examples("dev"), 256)} == {0, 1}
+
+
+def test_dev_pool_is_refused_where_the_data_has_none(data_dir):
+    with pytest.raises(UserError, match="exists for sst2 only"):
+        get_task("boolq", data_dir=data_dir, dev_pool="glue")
+    with pytest.raises(UserError, match="choose one of few_shot, glue"):
+        get_task("sst2", data_dir=data_dir, dev_pool="big")

@@ -17,10 +17,10 @@ from scrutable.paths import resolve_data_dir
 from scrutable.tasks.base import RewardResult, Split, Task, sample_batch
 
 
-def _sst2(data_dir: Path | None, seed: int) -> Task:
+def _sst2(data_dir: Path | None, seed: int, dev_pool: str = "few_shot") -> Task:
     from scrutable.tasks.sst2 import make_sst2
 
-    return make_sst2(data_dir, seed)
+    return make_sst2(data_dir, seed, dev_pool)
 
 
 def _boolq(data_dir: Path | None, seed: int) -> Task:
@@ -45,11 +45,18 @@ def closest(name: str, choices: list[str] | tuple[str, ...] | Any) -> str:
     return f"did you mean '{match[0]}'?" if match else f"choose one of {', '.join(choices)}"
 
 
-def get_task(name: str, *, data_dir: str | Path | None = None, seed: int | None = None) -> Task:
+def get_task(
+    name: str, *, data_dir: str | Path | None = None, seed: int | None = None, dev_pool: str = "few_shot"
+) -> Task:
+    """`dev_pool` chooses a larger dev split where the data has one (SST-2: "glue")."""
     if name not in TASKS:
         raise UserError(f"unknown task '{name}': {closest(name, TASKS)}")
     chosen_seed = DEFAULT_SEEDS[name] if seed is None else seed
-    return TASKS[name](resolve_data_dir(data_dir), chosen_seed)
+    if dev_pool == "few_shot":
+        return TASKS[name](resolve_data_dir(data_dir), chosen_seed)
+    if name != "sst2":
+        raise UserError(f"dev_pool '{dev_pool}' exists for sst2 only: remove dev_pool for task {name}")
+    return _sst2(resolve_data_dir(data_dir), chosen_seed, dev_pool)
 
 
 __all__ = ["TASKS", "RewardResult", "Split", "Task", "get_task", "sample_batch", "closest"]

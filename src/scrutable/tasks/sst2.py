@@ -5,10 +5,11 @@ verbalizers `" terrible"` (negative, 0) and `" great"` (positive, 1); T5 reads t
 words at its first decoder step. Metric: accuracy. Reward: RLPrompt's gap reward.
 
 Data: locally `sst2/16-shot/{seed}/{train,dev}.tsv` (16 examples per class, seeds 13, 21,
-42, 87, 100) and `sst2/test.tsv` (1,821). From the hub (`stanfordnlp/sst2`) the 16-shot
-train and dev splits are drawn from GLUE train with the seed, and test is the labeled
-GLUE validation set (872), because GLUE's test labels are hidden: numbers from the hub
-path are therefore not comparable with the LM-BFF splits.
+42, 87, 100) and `sst2/test.tsv` (1,821); `dev_pool: glue` selects on GLUE phrases instead.
+From the hub (`stanfordnlp/sst2`) the 16-shot train and dev splits are drawn from GLUE
+train with the seed, and test is the labeled GLUE validation set (872), because GLUE's
+test labels are hidden: numbers from the hub path are therefore not comparable with the
+LM-BFF splits.
 """
 
 from __future__ import annotations
@@ -27,22 +28,32 @@ from scrutable.tasks.classification import ClassificationTask, LabeledExample, h
 from scrutable.tasks.inputs import token_ids
 
 SEEDS = (13, 21, 42, 87, 100)
+# The dev split a run selects prompts on: the 32 sentences of the 16-shot split, or the
+# 6,735 GLUE phrases held out of GLUE train (`sst2/glue/dev.tsv`; disjoint from the SST
+# test sentences), of which `eval_limit` picks a fixed sample. 32 examples move accuracy
+# in steps of 1/32; a few hundred separate prompts that the 16-shot dev ties.
+DEV_POOLS = ("few_shot", "glue")
 SHOTS_PER_CLASS = 16
 MAX_SENTENCE_TOKENS = 128
 
 
-def make_sst2(data_dir: Path | None, seed: int = 13) -> ClassificationTask:
+def make_sst2(data_dir: Path | None, seed: int = 13, dev_pool: str = "few_shot") -> ClassificationTask:
+    if dev_pool not in DEV_POOLS:
+        raise UserError(f"SST-2 dev_pool '{dev_pool}' is unknown: choose one of {', '.join(DEV_POOLS)}")
     if data_dir is not None and seed not in SEEDS:
         raise UserError(f"SST-2 few-shot seed {seed} has no local split: choose one of {SEEDS}")
     if data_dir is None:
+        if dev_pool != "few_shot":
+            raise UserError("SST-2 dev_pool 'glue' reads ../shared/data/sst2/glue: pass --data-dir")
         loaders: dict[Split, Callable[[], list[LabeledExample]]] = {
             split: partial(_from_hub, split, seed) for split in Split
         }
     else:
         shots = data_dir / "sst2" / "16-shot" / str(seed)
+        dev_file = shots / "dev.tsv" if dev_pool == "few_shot" else data_dir / "sst2" / "glue" / "dev.tsv"
         loaders = {
             Split.TRAIN: lambda: read_tsv(shots / "train.tsv"),
-            Split.DEV: lambda: read_tsv(shots / "dev.tsv"),
+            Split.DEV: lambda: read_tsv(dev_file),
             Split.TEST: lambda: read_tsv(data_dir / "sst2" / "test.tsv"),
         }
     return ClassificationTask(

@@ -44,6 +44,7 @@ class TrainConfig:
     scorer: str = "gpt2-xl"
     data_dir: str | None = None
     data_seed: int | None = None  # SST-2 few-shot split seed (13, 21, 42, 87, 100)
+    dev_pool: str = "few_shot"  # the dev split prompts are selected on; "glue": SST-2's larger pool
     prompt_length: int = 5
     alpha: float = 0.0  # weight of the perplexity term; 0 is the unconstrained baseline
     learning_rate: float = 1e-3
@@ -111,7 +112,7 @@ def cached_model(name: str, data_dir: str | None) -> LanguageModel:
 
 
 def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
-    task = get_task(config.task, data_dir=config.data_dir, seed=config.data_seed)
+    task = get_task(config.task, data_dir=config.data_dir, seed=config.data_seed, dev_pool=config.dev_pool)
     lm = cached_model(config.model, config.data_dir)
     if scorer is None:
         scorer = LocalScorer(cached_model(config.scorer, config.data_dir))
