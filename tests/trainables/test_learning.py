@@ -51,7 +51,7 @@ def hard_keyword(monkeypatch, data_dir):
 
 @pytest.mark.parametrize(
     ("module", "extra"),
-    [(soft_prompt, {"learning_rate": 0.3}), (pez, {})],  # PEZ reports its best projected prompt
+    [(soft_prompt, {}), (pez, {})],  # defaults; PEZ reports its best projected prompt
     ids=["soft_prompt", "pez"],
 )
 def test_learns_the_keyword(module, extra, hard_keyword):
@@ -73,6 +73,9 @@ def test_learns_the_keyword(module, extra, hard_keyword):
     assert initial_accuracy <= 0.5
     assert reports[-1].metrics[keys.TRAIN_TASK_LOSS] < reports[0].metrics[keys.TRAIN_TASK_LOSS]
     assert result.metrics[keys.TASK_DEV] > initial_accuracy + 0.3
+    # The default step size keeps the vectors at the vocabulary's scale (the card says so).
+    low, high = result.card.vocab_norm_range
+    assert low <= result.metrics[keys.PROMPT_NORM] <= high and result.card.norm_in_range
 
 
 def pez_perplexity_by_alpha(scorer=None, **extra):

@@ -6,7 +6,12 @@ This is the unconstrained baseline: `alpha` is not in the loss, but every evalua
 still reports the prompt's unembedded tokens, their perplexity under the scorer and the
 faithfulness measures, so the baseline sits on the same axes as PEZ and RLPrompt. For T5
 the vectors go in front of the encoder input only (not also the decoder, a PEFT pitfall).
-The reference trains with Adafactor at learning rate 0.3 (no relative step, no scaling).
+The reference trains T5 with Adafactor at learning rate 0.3, unscaled. Here the step is
+relative to the prompt's RMS (Adafactor's `scale_parameter`) and the default 0.05, so
+one default suits T5 (embedding RMS ~1) and GPT-2 / SmolLM2 (~0.02-0.14): unscaled 0.3
+moves SmolLM2's coordinates by twice their RMS per step, and a relative 0.3 (or 0.1) still
+took the tiny GPT-2's prompt past the largest vocabulary norm within 30 steps, where 0.05
+learnt the keyword task and stayed in range (`tests/trainables/test_learning.py`).
 The soft prompt kept is the best one on the dev objective (`trainables/record.py`); its
 card reports its vectors' norm next to the vocabulary's, and says when it left the
 vocabulary's range (then every nearest token is far and the unembedding arbitrary).
@@ -40,7 +45,7 @@ from scrutable.trainables.common import (
 
 @dataclass(frozen=True)
 class SoftPromptConfig(TrainConfig):
-    learning_rate: float = 0.3
+    learning_rate: float = 0.05
     optimizer: Literal["adafactor", "adamw", "adam"] = "adafactor"
     weight_decay: float = 0.0
     init: Literal["vocab", "text", "random"] = "vocab"
@@ -51,8 +56,13 @@ def make_optimizer(
     name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     if name == "adafactor":
+        # scale_parameter: each step moves a coordinate by at most lr x the prompt's RMS, so
+        # lr 0.3 means the same on T5 (embedding RMS ~1-20) as on GPT-2 / SmolLM2 (~0.02-0.14),
+        # and the vectors stay at the vocabulary's scale. Unscaled (the reference's T5
+        # setting), lr 0.3 moves SmolLM2's coordinates by twice their RMS every step: after
+        # one step the prompt's norm has left the vocabulary's range.
         return Adafactor(
-            params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=weight_decay
+            params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False, weight_decay=weight_decay
         )
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
