@@ -47,13 +47,16 @@ from scrutable.trainables.common import (
 class SoftPromptConfig(TrainConfig):
     learning_rate: float = 0.05
     optimizer: Literal["adafactor", "adamw", "adam"] = "adafactor"
+    # Adafactor only: the step relative to the prompt's RMS (default), or absolute as in the
+    # reference's T5 recipe (relative_step_size: false, learning_rate: 0.3).
+    relative_step_size: bool = True
     weight_decay: float = 0.0
     init: Literal["vocab", "text", "random"] = "vocab"
     init_text: str = ""
 
 
 def make_optimizer(
-    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, relative: bool = True
 ) -> torch.optim.Optimizer:
     if name == "adafactor":
         # scale_parameter: each step moves a coordinate by at most lr x the prompt's RMS, so
@@ -62,7 +65,7 @@ def make_optimizer(
         # setting), lr 0.3 moves SmolLM2's coordinates by twice their RMS every step: after
         # one step the prompt's norm has left the vocabulary's range.
         return Adafactor(
-            params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False, weight_decay=weight_decay
+            params, lr=lr, scale_parameter=relative, relative_step=False, warmup_init=False, weight_decay=weight_decay
         )
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -81,7 +84,9 @@ def run(
     s = setup(config, scorer)
     loop = Loop(s, config, report=report, progress=progress)
     prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
-    optimizer = make_optimizer(config.optimizer, [prompt], config.learning_rate, config.weight_decay)
+    optimizer = make_optimizer(
+        config.optimizer, [prompt], config.learning_rate, config.weight_decay, config.relative_step_size
+    )
     if loop.resume(state) is not None:
         assert state is not None
         with torch.no_grad():
