@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, type-checked (repeatable), e.g. --set trials=4",
     )
     sweep.add_argument("--smoke", action="store_true", help="apply the spec's `smoke:` overrides (tiny models)")
+    sweep.add_argument(
+        "--address",
+        default=None,
+        help="run on an existing Ray cluster: 'auto' (this machine's cluster, e.g. on the head or in "
+        "`ray job submit`), HOST:6379, or ray://HOST:10001. Default: $RAY_ADDRESS if set, else a local "
+        "Ray bound to 127.0.0.1. See docs/cluster.md",
+    )
     sweep.set_defaults(run=_sweep)
 
     pareto = commands.add_parser("pareto", help="export the Pareto frontier of a sweep folder")
@@ -186,7 +193,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, parse_overrides(args.set), smoke=args.smoke)
     try:
-        summary = run_sweep(spec, resume=args.resume)
+        summary = run_sweep(spec, resume=args.resume, address=args.address)
     finally:
         import ray
 

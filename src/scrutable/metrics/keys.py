@@ -66,6 +66,8 @@ FAITHFULNESS = (
     VOCAB_NORM,
 )
 
+NODE_ID = "ray/node_id"  # the Ray node a trial's report came from (a string, not in ALL_NUMERIC)
+
 ALL_NUMERIC = (
     TASK_DEV,
     TASK_DEV_UNEMBEDDED,

@@ -38,6 +38,7 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+LOOPBACK = "127.0.0.1"  # a local sweep's Ray listens here only
 
 
 def optuna_storage_url(spec: SweepSpec, folder: Path) -> str:
@@ -196,31 +197,76 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def start_ray(spec: SweepSpec) -> None:
+def start_ray(spec: SweepSpec, address: str | None = None) -> None:
+    """Connect to a cluster (`address`, else $RAY_ADDRESS) or start a local Ray bound to 127.0.0.1.
+
+    `address` is `auto` (the cluster this machine belongs to, e.g. on the head node or in a
+    `ray job submit` job), a GCS address `HOST:6379`, or a Ray Client URI `ray://HOST:10001`.
+    With neither, Ray starts on this machine with every port bound to the loopback
+    interface: a local sweep opens nothing to the network (Ray's ports run unauthenticated).
+    """
     import ray
 
     from scrutable.sweep.scorer_actor import NAMESPACE
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # An existing cluster keeps its own auth mode: forcing ours would break a token-auth cluster.
+    quiet = {k: v for k, v in QUIET_ENV.items() if address is None or k != "RAY_AUTH_MODE"}
     # Before ray.init: the cluster and its workers must agree (e.g. on RAY_AUTH_MODE), or
     # worker start-up fails.
-    os.environ.update(QUIET_ENV)
+    os.environ.update(quiet)
     env = {k: v for k, v in os.environ.items() if k.startswith(("SCRUTABLE_", "HF_", "TRANSFORMERS_"))}
-    ray.init(
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": {**env, **QUIET_ENV}},
-    )
+    options: dict[str, Any] = {
+        "namespace": NAMESPACE,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": {**env, **quiet}},
+    }
+    if address is None:
+        with _loopback_only():
+            ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}): start it with "
+            "`ray up cluster.yaml` (or `ray start --head`), or drop --address / RAY_ADDRESS for a local sweep"
+        ) from None
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make a local Ray advertise, and so bind, 127.0.0.1 only.
+
+    On Linux, Ray rewrites a node IP of 127.0.0.1 to the machine's routable address and its
+    servers then listen on every interface; it keeps loopback where clusters are switched off
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the macOS/Windows default). Set for the processes
+    ray.init spawns (inherited environment) and for this one (read at import), then restored.
+    """
+    from ray._private import ray_constants
+
+    previous_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+        if previous_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = previous_env
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from scrutable.sweep import tracking
+    from scrutable.sweep import storage, tracking
     from scrutable.sweep.frontier import export_pareto, render_summary
     from scrutable.sweep.results import collect_trials
     from scrutable.sweep.scorer_actor import start_scorer
@@ -230,19 +276,21 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     os.environ.update(QUIET_ENV)
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    folder = spec.folder()
-    tune_dir = folder / "tune"
-    if resume and not tune.Tuner.can_restore(str(tune_dir)):
-        raise UserError(f"nothing to resume in {folder}: run the sweep without --resume")
-    if not resume and tune_dir.exists():
+    folder = spec.folder()  # the driver's files
+    location = spec.tune_location()  # Tune's experiment: <storage>/<name>/tune, a path or a URI
+    storage.check_writable(spec.storage)
+    if resume and not tune.Tuner.can_restore(location):
+        raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
+    if not resume and (tune.Tuner.can_restore(location) if storage.is_uri(location) else Path(location).exists()):
         raise UserError(
-            f"{folder} already holds sweep '{spec.name}': pass --resume to finish it, or change name/storage"
+            f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or change name/storage"
         )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     uri = spec.tracking.uri or tracking.default_uri(folder)
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
-    start_ray(spec)
+    start_ray(spec, address)
+    storage.check_shared(spec.storage)  # before any trial: a node-local path on a multi-node cluster
     started = time.monotonic()
     actor = start_scorer(
         spec.name,
@@ -270,7 +318,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
 
     # --- sweep --------------------------------------------------------------------------
     if resume:
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=wrapped, resume_errored=True)
+        tuner = tune.Tuner.restore(location, trainable=wrapped, resume_errored=True)
     else:
         tuner = tune.Tuner(
             wrapped,
@@ -280,8 +328,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
                 max_concurrent_trials=spec.concurrency,
             ),
             run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str(folder),
+                name=storage.TUNE_NAME,
+                storage_path=location.rsplit("/", 1)[0],  # pyarrow opens a URI; a path is local
                 callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -295,12 +343,15 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> dict[str, Any]:
     stats = ray.get(actor.batch_stats.remote())
     ray.kill(actor, no_restart=True)
     elapsed = time.monotonic() - started
+    if storage.is_uri(location):  # the export reads a local copy of the experiment
+        storage.mirror(location, folder / storage.TUNE_NAME)
     records = collect_trials(folder, spec)
     finished = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     summary_data = export_pareto(records, spec, folder / "pareto")
     summary: dict[str, Any] = {
         "sweep": spec.name,
         "folder": str(folder),
+        "tune_storage": location,
         "wall_time_s": round(elapsed, 1),
         "trials_finished": finished,
         "trials_planned": spec.trials,

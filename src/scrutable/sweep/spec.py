@@ -16,6 +16,8 @@
     trials: 8
     concurrency: 2
     training: {steps: 40, batch_size: 8}   # any field of the method's config
+    storage: runs                    # or s3://bucket/sweeps, gs://..., a shared mount (clusters)
+    local_dir: runs                  # the driver's files when storage is a URI
 
 Search dimensions and how they are sampled and decoded: `sweep/search_space.py`.
 The default objectives are the dev objective (a continuous score: mean log-probability of
@@ -42,6 +44,7 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import DATA_DIR_ENV
 from scrutable.sweep.search_space import SEARCHABLE, Dimension, SearchSpace
+from scrutable.sweep.storage import experiment_location, is_uri, normalise
 
 
 class Sampler(StrEnum):
@@ -103,7 +106,8 @@ class SweepSpec:
     training: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     tracking: Tracking = field(default_factory=Tracking)
-    storage: str = "runs"  # the sweep folder is storage/name
+    storage: str = "runs"  # a path (the sweep folder is storage/name) or a URI for Tune (see sweep/storage.py)
+    local_dir: str = "runs"  # the driver's files (MLflow, Optuna, pareto/) when storage is a URI
     optuna_storage: str | None = None  # default: sqlite:///<sweep folder>/optuna.db
     max_failures: int = 0  # retries of a failed trial (e.g. a killed worker), from its checkpoint
     smoke: dict[str, Any] = field(default_factory=dict)  # `--smoke` overrides (tiny models, few steps)
@@ -141,7 +145,12 @@ class SweepSpec:
         return [o.metric for o in self.objectives]
 
     def folder(self) -> Path:
-        return (Path(self.storage) / self.name).resolve()
+        """The driver's sweep folder: storage/name, or local_dir/name when storage is a URI."""
+        return (Path(self.local_dir if is_uri(self.storage) else self.storage) / self.name).resolve()
+
+    def tune_location(self) -> str:
+        """Tune's experiment folder: <storage>/<name>/tune, a path or a URI."""
+        return experiment_location(self.storage, self.name)
 
     @property
     def space(self) -> SearchSpace:
@@ -214,9 +223,12 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
     if not raw.get("data_dir") and os.environ.get(DATA_DIR_ENV):
         raw["data_dir"] = os.environ[DATA_DIR_ENV]
     # Relative paths mean the launching directory; trials run elsewhere, so fix them now.
-    for key in ("data_dir", "storage"):
+    # A storage URI (s3://, gs://) stays a URI: Tune opens it with a pyarrow filesystem.
+    for key in ("data_dir", "local_dir"):
         if isinstance(raw.get(key), str):
             raw[key] = str(Path(raw[key]).expanduser().resolve())
+    if isinstance(raw.get("storage"), str):
+        raw["storage"] = normalise(raw["storage"])
     spec = from_mapping(SweepSpec, raw, where=path.name)
     spec.trial_config(spec.space.example_point())  # an unknown training key fails now, not in a trial
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():

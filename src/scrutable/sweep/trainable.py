@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from scrutable.metrics import keys
@@ -41,6 +42,7 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
     method = get_method(sweep.method)
     trial_config = sweep.trial_config(sweep.space.decoded(config))
     scorer = ActorScorer(sweep.name, tune.get_context().get_trial_id())
+    node_id = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
     state = None
     if checkpoint is not None:
@@ -52,7 +54,8 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
             save_state(evaluation.state, directory)
             card = dict(evaluation.card.to_dict(), final=evaluation.final, step=evaluation.step)
             (Path(directory) / CARD_FILE).write_text(json.dumps(card, indent=2))
-            tune.report(tune_metrics(evaluation.metrics), checkpoint=tune.Checkpoint.from_directory(directory))
+            metrics = {**tune_metrics(evaluation.metrics), keys.NODE_ID: node_id}  # where it ran (clusters)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     method.run(trial_config, scorer=scorer, report=report, state=state)
 
