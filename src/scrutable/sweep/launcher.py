@@ -285,12 +285,12 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         raise UserError(
             f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or change name/storage"
         )
+    start_ray(spec, address)
+    storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     uri = spec.tracking.uri or tracking.default_uri(folder)
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
-    start_ray(spec, address)
-    storage.check_shared(spec.storage)  # before any trial: a node-local path on a multi-node cluster
     started = time.monotonic()
     actor = start_scorer(
         spec.name,
