@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -153,6 +154,12 @@ def test_s3_storage_holds_checkpoints_and_resume_reads_them(cluster, tmp_path, m
             assert steps == sorted(set(steps)), (name, steps)  # nothing re-ran after the resume
             assert rows[-1]["train/step"] == 4
         assert (local / "quickstart" / "pareto" / "pareto.json").is_file()
+        client = mlflow.MlflowClient(f"sqlite:///{local / 'quickstart' / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+        kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(kids) == 3 and all(r.info.status == "FINISHED" for r in kids)
+        for kid in kids:  # the final card, read from the bucket's checkpoint by the driver
+            assert "card.json" in {a.path for a in client.list_artifacts(kid.info.run_id)}
         after = [o["Key"] for o in s3.list_objects_v2(Bucket="sweeps", Prefix="team/quickstart/tune/")["Contents"]]
         assert len([k for k in after if Path(k).name.startswith("experiment_state-")]) >= 2  # two sessions
     finally:

@@ -203,10 +203,12 @@ def final_card(trial: Any) -> dict[str, Any] | None:
     checkpoint = trial.checkpoint
     if checkpoint is None:
         return None
-    path = Path(checkpoint.path) / "card.json"
-    if not path.is_file():
+    # Through the checkpoint's own filesystem: with `storage: s3://...` it lives in the bucket.
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/card.json") as stream:
+            loaded: dict[str, Any] = json.loads(stream.read())
+    except OSError:  # no card in this checkpoint (pyarrow raises FileNotFoundError, an OSError)
         return None
-    loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
 
 
