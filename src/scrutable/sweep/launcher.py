@@ -278,6 +278,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     folder = spec.folder()  # the driver's files
     location = spec.tune_location()  # Tune's experiment: <storage>/<name>/tune, a path or a URI
+    storage.check_ray_client(
+        address or os.environ.get("RAY_ADDRESS"), spec.storage, spec.tracking.uri, spec.optuna_storage
+    )
     storage.check_writable(spec.storage)
     if resume and not tune.Tuner.can_restore(location):
         raise UserError(f"nothing to resume in {location}: run the sweep without --resume")

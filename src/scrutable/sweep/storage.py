@@ -128,6 +128,29 @@ def check_shared(storage: str) -> None:
         marker.unlink(missing_ok=True)
 
 
+def check_ray_client(address: str | None, storage: str, tracking_uri: str | None, optuna_storage: str | None) -> None:
+    """Refuse a Ray Client sweep (`ray://`) whose files would be written on the wrong machine.
+
+    Through Ray Client, Tune's driver (the Optuna searcher, the MLflow callback, the
+    experiment state) runs on the head node, not here: every store it writes must be a
+    URI both machines reach."""
+    if not (address or "").startswith("ray://"):
+        return
+    local = []
+    if not is_uri(storage):
+        local.append("storage (s3://, gs://)")
+    if not (tracking_uri or "").startswith(("http://", "https://")):
+        local.append("tracking.uri (an MLflow server)")
+    if not optuna_storage or optuna_storage.startswith("sqlite"):
+        local.append("optuna_storage (e.g. postgresql://...)")
+    if local:
+        raise UserError(
+            f"--address {address} (Ray Client) runs the sweep's driver on the head, which cannot reach this "
+            f"machine's files: set {', '.join(local)}, or launch on the head with `ray job submit` / `ray exec` "
+            "and --address auto"
+        )
+
+
 def mirror(location: str, local: Path) -> None:
     """Copy Tune's experiment folder from a storage URI into `local` (the sweep folder's tune/)."""
     import pyarrow.fs
