@@ -105,3 +105,20 @@ def test_sweep_refuses_ray_client_with_local_stores_before_starting_ray(tmp_path
     code = main(["sweep", str(spec), "--smoke", "--set", f"storage={tmp_path}", "--address", "ray://127.0.0.1:1"])
     assert code == 2 and not any(tmp_path.iterdir())
     assert os.environ.get("RAY_ADDRESS") == env_before
+
+
+def test_unreachable_address_is_one_line_in_seconds(tmp_path, capsys):
+    import socket
+    import time
+
+    from scrutable.cli import main
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    spec = REPO / "sweeps" / "quickstart.yaml"
+    code = main(["sweep", str(spec), "--smoke", "--set", f"storage={tmp_path}", "--address", f"127.0.0.1:{port}"])
+    assert code == 2 and time.monotonic() - started < 30 and not any(tmp_path.iterdir())
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in line

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -228,12 +229,27 @@ def start_ray(spec: SweepSpec, address: str | None = None) -> None:
         with _loopback_only():
             ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"cannot connect to the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}): start it with "
             "`ray up cluster.yaml` (or `ray start --head`), or drop --address / RAY_ADDRESS for a local sweep"
+        ) from None
+
+
+def _check_reachable(address: str) -> None:
+    """A wrong HOST:PORT is one line in seconds (ray.init would retry it for minutes)."""
+    if address == "auto":
+        return  # ray.init reads this machine's cluster address file and fails fast without one
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot reach a Ray cluster at {address} ({exc}): check HOST:PORT (GCS port 6379, or ray://HOST:10001), "
+            "start it with `ray up cluster.yaml`, or drop --address / RAY_ADDRESS for a local sweep"
         ) from None
 
 
