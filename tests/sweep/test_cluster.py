@@ -80,7 +80,7 @@ def test_trials_spread_over_nodes_and_one_scorer_on_the_gpu_node(cluster, tmp_pa
     built, cpu_node, gpu_node = cluster
     started = time.monotonic()
     done = subprocess.run(
-        sweep_command(built.address, f"storage={tmp_path}", "name=spread", "trials=4", "concurrency=2"),
+        sweep_command(built.address, f"storage={tmp_path}", "name=spread", "trials=2", "concurrency=2"),
         env=driver_env(),
         capture_output=True,
         text=True,
@@ -89,7 +89,7 @@ def test_trials_spread_over_nodes_and_one_scorer_on_the_gpu_node(cluster, tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     reports = trial_reports(tmp_path / "spread" / "tune")
-    assert len(reports) == 4
+    assert len(reports) == 2
     nodes = {report[-1]["ray/node_id"] for report in reports.values()}
     assert nodes == {cpu_node, gpu_node}, nodes  # both workers ran trials, the CPU-less head none
 
@@ -121,14 +121,14 @@ def test_s3_storage_holds_checkpoints_and_resume_reads_them(cluster, tmp_path, m
         s3.create_bucket(Bucket="sweeps")
         local = tmp_path / "local"
         command = sweep_command(
-            built.address, "storage=s3://sweeps/team", f"local_dir={local}", "trials=3", "concurrency=1"
+            built.address, "storage=s3://sweeps/team", f"local_dir={local}", "trials=2", "concurrency=1"
         )
         started = time.monotonic()
         first = subprocess.Popen(command, env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seen = []
         for line in first.stdout:  # stop the driver once a trial has finished
             seen.append(line)
-            if "1/3 trials done" in line:
+            if "1/2 trials done" in line:
                 break
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
@@ -148,16 +148,16 @@ def test_s3_storage_holds_checkpoints_and_resume_reads_them(cluster, tmp_path, m
         print(f"S3 sweep with kill and resume: {time.monotonic() - started:.0f} s")
 
         reports = trial_reports(local / "quickstart" / "tune")  # mirrored back from the bucket for the export
-        assert len(reports) == 3
+        assert len(reports) == 2
         for name, rows in reports.items():
             steps = [row["train/step"] for row in rows]
             assert steps == sorted(set(steps)), (name, steps)  # nothing re-ran after the resume
-            assert rows[-1]["train/step"] == 4
+            assert max(steps) == 4
         assert (local / "quickstart" / "pareto" / "pareto.json").is_file()
         client = mlflow.MlflowClient(f"sqlite:///{local / 'quickstart' / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
         kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert len(kids) == 3 and all(r.info.status == "FINISHED" for r in kids)
+        assert len(kids) == 2 and all(r.info.status == "FINISHED" for r in kids)
         for kid in kids:  # the final card, read from the bucket's checkpoint by the driver
             assert "card.json" in {a.path for a in client.list_artifacts(kid.info.run_id)}
         after = [o["Key"] for o in s3.list_objects_v2(Bucket="sweeps", Prefix="team/quickstart/tune/")["Contents"]]
