@@ -7,7 +7,7 @@ import pytest
 from scrutable.errors import UserError
 from scrutable.sweep.spec import Dimension, Sampler, load_spec
 
-SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").rglob("*.yaml"))  # results/ too
 
 
 def test_the_paper_specs_and_the_quickstart_ship():
@@ -50,6 +50,9 @@ search:
         ("training: {stepz: 3}\n", "unknown key 'stepz' in sweep 't' training: did you mean 'steps'?"),
         ("objectives: [{metric: task/acc, mode: max}]\n", "did you mean 'task/dev_metric'?"),
         ("training: {alpha: 0.1}\n", "alpha both searched and fixed"),
+        ("  seed: {values: [0, 1]}\ntraining: {seed: 3}\n", "seed both searched and fixed in training"),
+        ("  seed: {low: 0, high: 3}\n", "search.seed must be a list of integers"),
+        ("  seed: {values: [0, 1.5]}\n", "search.seed must be a list of integers"),
     ],
 )
 def test_bad_specs_name_the_problem(tmp_path, extra, message):
@@ -117,3 +120,13 @@ def replay(space, sampled):
     decoded = space.define(trial)
     assert trial.user_attrs == decoded
     return decoded
+
+
+def test_searched_seed_is_the_training_seed_and_the_top_level_seed_the_samplers(tmp_path):
+    text = BASE + "  seed: {values: [0, 1, 2]}\nsampler: grid\nseed: 7\n"
+    spec = load_spec(write(tmp_path, text))
+    assert spec.space.grid_values("seed") == [0, 1, 2] and spec.space.grid_size() == 5 * 3
+    decoded = replay(spec.space, {"alpha": 0.0, "seed": 2})
+    assert decoded == {"alpha": 0.0, "seed": 2}
+    assert spec.trial_config(decoded).seed == 2  # the trial's own seed, not the sampler's 7
+    assert spec.trial_config({"alpha": 0.0}).seed == 7  # unsearched: the spec's seed

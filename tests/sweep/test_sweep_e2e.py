@@ -21,7 +21,7 @@ from scrutable.sweep.launcher import run_sweep
 from scrutable.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
-SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((REPO / "sweeps").rglob("*.yaml"))  # sweeps/results/ too
 pytestmark = pytest.mark.slow
 
 
@@ -32,6 +32,7 @@ def _ray():
 
 
 def smoke_spec(name, tmp_path, **overrides):
+    """`name` relative to sweeps/, e.g. "quickstart.yaml" or "results/sst2_pez.yaml"."""
     values = {"storage": str(tmp_path), "data_dir": os.environ["SCRUTABLE_DATA_DIR"], **overrides}
     return load_spec(REPO / "sweeps" / name, {k: str(v) for k, v in values.items()}, smoke=True)
 
@@ -146,9 +147,11 @@ def test_scorer_actor_batches_across_trials(tmp_path):
     ray.kill(actor, no_restart=True)
 
 
-@pytest.mark.parametrize("path", [p for p in SWEEPS if p.stem != "quickstart"], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in SWEEPS if p.stem != "quickstart"], ids=lambda p: str(p.relative_to(REPO / "sweeps"))
+)
 def test_paper_specs_run_in_smoke_mode(path, tmp_path):
-    summary = run_sweep(smoke_spec(path.name, tmp_path))
+    summary = run_sweep(smoke_spec(str(path.relative_to(REPO / "sweeps")), tmp_path))
     assert summary["trials_finished"] == summary["trials_planned"] and not summary["interrupted"]
     assert (tmp_path / path.stem / "pareto" / "trials.csv").is_file()
 

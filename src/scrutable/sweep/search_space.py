@@ -1,10 +1,15 @@
 """The searched values: what a sweep file says (alpha with its explicit 0, prompt length,
-learning rate) and what Optuna samples, mapped in one place.
+learning rate, training seed) and what Optuna samples, mapped in one place.
 
     search:
       alpha: {low: 0.01, high: 10.0, log: true, zero: true}
       prompt_length: {values: [3, 5, 8]}
       learning_rate: {low: 1e-3, high: 1e-1, log: true}
+      seed: {values: [0, 1, 2]}       # repeats of every setting, for means and spreads
+
+`seed` is the method config's training seed (initialisation, batches, sampling); it must
+be a list of integers, so that a grid over alpha x length x seed gives every setting the
+same repeats.
 
 `{low, high, log}` is a float range (integer with `integer: true`), `{values: [...]}` a
 choice. A log range is sampled as u = log10(value) under the name `<name>_log10`, so the
@@ -29,7 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SEARCHABLE = ("alpha", "prompt_length", "learning_rate")
+SEARCHABLE = ("alpha", "prompt_length", "learning_rate", "seed")
+VALUES_ONLY = ("seed",)  # searched as a list of integers, never a range
 ZERO_REGION = 0.1  # width of the alpha = 0 region, as a share of the log range
 LOG_SUFFIX = "_log10"
 

@@ -18,6 +18,12 @@
     training: {steps: 40, batch_size: 8}   # any field of the method's config
     storage: runs                    # or s3://bucket/sweeps, gs://..., a shared mount (clusters)
     local_dir: runs                  # the driver's files when storage is a URI
+    seed: 0                          # the sampler's seed, and the training seed unless searched
+
+Searching `seed: {values: [0, 1, 2]}` sets each trial's training seed (the method
+config's `seed` field) and leaves the top-level `seed` to the sampler: a grid over
+alpha x prompt_length x seed repeats every setting once per seed. A seed both searched
+and fixed in `training` is refused.
 
 Search dimensions and how they are sampled and decoded: `sweep/search_space.py`.
 The default objectives are the dev objective (a continuous score: mean log-probability of
@@ -43,7 +49,7 @@ from scrutable.config import from_mapping, suggest
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import DATA_DIR_ENV
-from scrutable.sweep.search_space import SEARCHABLE, Dimension, SearchSpace
+from scrutable.sweep.search_space import SEARCHABLE, VALUES_ONLY, Dimension, SearchSpace
 from scrutable.sweep.storage import experiment_location, is_uri, normalise
 
 
@@ -120,6 +126,10 @@ class SweepSpec:
                 raise ValueError(f"search.{key} is not searchable: {suggest(key, SEARCHABLE)}")
         if not self.search:
             raise ValueError("search is empty: give at least alpha or prompt_length")
+        for name in VALUES_ONLY:
+            values = self.search[name].values if name in self.search else []
+            if values is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"search.{name} must be a list of integers, e.g. {{values: [0, 1, 2]}}")
         overlap = set(self.search) & set(self.training)
         if overlap:
             raise ValueError(f"{', '.join(sorted(overlap))} both searched and fixed in training: keep one")
