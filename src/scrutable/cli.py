@@ -5,6 +5,7 @@
     scrutable sweep sweeps/quickstart.yaml
     scrutable pareto runs/quickstart --out runs/quickstart/pareto
     scrutable ui runs/quickstart
+    scrutable report runs/results/sst2_pez --out docs/results.md
 
 User mistakes (bad arguments, unknown tasks, missing files, an offline hub) print one
 line `scrutable: error: ...` naming the problem and the fix, and exit with code 2.
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("folder", type=Path, help="the sweep folder (storage/name)")
     pareto.add_argument("--out", type=Path, default=None, help="output folder (default FOLDER/pareto)")
     pareto.set_defaults(run=_pareto)
+
+    report = commands.add_parser("report", help="write docs/results.md (tables, plots) from sweep folders")
+    report.add_argument("folders", type=Path, nargs="+", help="sweep folders (storage/name)")
+    report.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown file (figures beside it)")
+    report.set_defaults(run=_report)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on a sweep's store (127.0.0.1 only)")
     ui.add_argument("folder", type=Path, nargs="?", default=Path("runs/quickstart"))
@@ -216,6 +222,13 @@ def _pareto(args: argparse.Namespace) -> int:
     spec = _sweep_folder_spec(args.folder)
     summary = export_pareto(collect_trials(args.folder.resolve(), spec), spec, args.out or args.folder / "pareto")
     print(render_summary(summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scrutable.report import write_report
+
+    print(f"wrote {write_report(args.folders, args.out)}")
     return 0
 
 
