@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   # install, then run the offline quickstart sweep (sweeps/quickstart.yaml)
 #   make test         # install, then run the test suite offline
+# Results (hours on a 2-core CPU; resumable: rerun after an interruption):
+#   make results          # the sweeps of sweeps/results/ + smoke Yelp/BoolQ, then docs/results.md
+#   make results-report   # docs/results.md from the finished folders only
 # Data is read from ../shared/data unless SCRUTABLE_DATA_DIR says otherwise.
 
 PYTHON ?= python3
@@ -9,7 +12,11 @@ BIN := $(VENV)/bin
 export SCRUTABLE_DATA_DIR ?= $(abspath ../shared/data)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test quickstart lint clean
+RESULTS := runs/results
+RESULT_SWEEPS := sst2_pez sst2_soft_prompt sst2_rlprompt
+SMOKE_SWEEPS := yelp_rlprompt boolq_soft_prompt boolq_pez
+
+.PHONY: install test quickstart lint clean results results-report
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +33,19 @@ test: install
 
 quickstart: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/scrutable sweep sweeps/quickstart.yaml
+
+results: install
+	for s in $(RESULT_SWEEPS); do \
+	  if [ -d $(RESULTS)/$$s/tune ]; then resume=--resume; else resume=; fi; \
+	  HF_HUB_OFFLINE=1 $(BIN)/scrutable sweep sweeps/results/$$s.yaml $$resume || exit 1; done
+	for s in $(SMOKE_SWEEPS); do \
+	  if [ -d $(RESULTS)/smoke/$$s/tune ]; then resume=--resume; else resume=; fi; \
+	  HF_HUB_OFFLINE=1 $(BIN)/scrutable sweep sweeps/$$s.yaml --smoke --set storage=$(RESULTS)/smoke $$resume || exit 1; done
+	$(MAKE) results-report
+
+results-report: install
+	HF_HUB_OFFLINE=1 $(BIN)/scrutable report $(addprefix $(RESULTS)/,$(RESULT_SWEEPS)) \
+	  $(addprefix $(RESULTS)/smoke/,$(SMOKE_SWEEPS)) --out docs/results.md
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
