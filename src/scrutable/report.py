@@ -423,7 +423,8 @@ def _full_scale(name: str) -> str:
     return (
         f"At full scale `scrutable sweep {shown_path(source)}` runs task model `{full.model}` with scorer "
         f"`{full.scorer}`, {full.trials} trials of {steps} steps"
-        + (f" ({', '.join(hub)} from the hub: a GPU job)." if hub else " (offline models).")
+        + (f" ({', '.join(hub)} from the hub: a GPU job)" if hub else " (offline models)")
+        + ", filling these same sections with real models."
     )
 
 
@@ -655,7 +656,8 @@ def write_report(folders: Sequence[Path], out: Path) -> Path:
         "```",
         "",
         "Every number below is read from these sweep folders. Each trial reports one prompt: the best on "
-        "the dev objective (mean log-probability of the correct answer) over its evaluations, with that "
+        "the dev objective (mean log-probability of the correct answer; Yelp: the joint score) over its "
+        "evaluations, with that "
         "prompt's dev and test numbers. Means and standard deviations are over training seeds.",
         "",
     ]
