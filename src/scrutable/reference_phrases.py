@@ -66,7 +66,12 @@ def _compute(spec: SweepSpec, lengths: Sequence[int]) -> list[Reference]:
     sentences = [
         example.text for example in get_task(spec.task, data_dir=data_dir, seed=spec.data_seed).examples("test")
     ]
-    tokenized = [list(scorer.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in sentences]
+    # Truncated to the longest length needed: the same prefixes, without long-input warnings.
+    tokenize = scorer.tokenizer
+    tokenized = [
+        list(tokenize(text, add_special_tokens=False, truncation=True, max_length=max(lengths))["input_ids"])
+        for text in sentences
+    ]
     references = []
     for length in lengths:
         phrases = [ids[:length] for ids in tokenized if len(ids) >= length][:N_PHRASES]
