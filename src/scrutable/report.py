@@ -301,7 +301,7 @@ def _overrides(source: Path, recorded: SweepSpec, smoke: bool) -> list[str] | No
         spec = load_spec(source, smoke=smoke)
     except UserError:
         return None
-    ignore = {"storage", "data_dir", "search"}  # machine-specific, resolved at launch; search below
+    ignore = {"storage", "local_dir", "data_dir", "search"}  # machine-specific; search below
     a, b = _flat(spec.to_dict()), _flat(recorded.to_dict())
     changed = [f"{k}={_yaml(b[k])}" for k in b if k.split(".")[0] not in ignore and a.get(k) != b[k]]
     searched = [f"search.{name}={_yaml(_dimension(dim))}" for name, dim in recorded.search.items()]
