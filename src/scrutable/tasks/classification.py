@@ -6,6 +6,11 @@ front of (or inside) the encoder input only. The loss is cross-entropy over the 
 logits; the RLPrompt reward is the reference's piecewise "gap" reward on class
 probabilities: gap = p(label) - max p(other), scaled by 200 when correct (gap > 0) and
 by 180 when not (Deng et al. 2022, `PromptedClassificationReward`).
+
+With a causal LM and the input before the prompt (SST-2), `output_logits` encodes each
+input once and runs only the prompt positions over its keys and values
+(`tasks/prefix_cache.py`): the few-shot pools are encoded once per task, other splits per
+evaluation batch. `prefix_cache=False` keeps the plain path (the two agree to float error).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
 from scrutable.tasks.inputs import splice_prompt, token_ids
+from scrutable.tasks.prefix_cache import PrefixPools, can_reuse, encode_prefixes, run_on_prefixes
 
 GAP_CORRECT_COEFF = 200.0
 GAP_INCORRECT_COEFF = 180.0
@@ -45,7 +51,9 @@ class ClassificationTask:
     loaders: Mapping[Split, Callable[[], list[LabeledExample]]]
     metric_name: str = "accuracy"
     supports_loss: bool = True
+    prefix_cache: bool = True  # reuse the input's keys/values (`tasks/prefix_cache.py`); False: plain path
     _cache: dict[Split, list[LabeledExample]] = field(default_factory=dict)
+    _prefixes: PrefixPools = field(default_factory=PrefixPools, repr=False)
 
     def examples(self, split: Split | str) -> list[LabeledExample]:
         key = Split(split)
@@ -69,6 +77,15 @@ class ClassificationTask:
         """(P, B, V) logits over the vocabulary where the answer is read: a causal LM's last
         input position, a seq2seq LM's first decoder step."""
         parts = [self.formatter(example, lm) for example in batch]
+        before = [p[0] for p in parts]
+        if self.prefix_cache and can_reuse(lm, before):
+            num_prompts = 1 if prompt_embeds.dim() == 2 else prompt_embeds.shape[0]
+            pools = {split.value: self._cache[split] for split in (Split.TRAIN, Split.DEV) if split in self._cache}
+            prefixes = self._prefixes.lookup(lm, batch, pools, lambda example: self.formatter(example, lm)[0])
+            if prefixes is None:  # not from a kept pool (test): encode this batch's inputs once
+                prefixes = encode_prefixes(lm, before)
+            logits = run_on_prefixes(lm, prefixes, [p[1] for p in parts], prompt_embeds)  # (P*B, V)
+            return logits[:, : lm.vocab_size].reshape(num_prompts, len(batch), -1)
         spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)
         if lm.kind is ModelKind.SEQ2SEQ:
             start = lm.model.config.decoder_start_token_id
@@ -103,13 +120,25 @@ class ClassificationTask:
         if not examples:
             raise UserError(f"split {split} of task {self.name} is empty")
         correct, log_prob = 0, 0.0
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start : start + batch_size]
+        for batch in self._batches(lm, examples, batch_size):
             logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
             labels = _labels(batch)
             correct += int((logits.argmax(-1) == labels).sum())
             log_prob += float(F.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).sum())
         return Evaluated(metric=correct / len(examples), objective=log_prob / len(examples))
+
+    def _batches(
+        self, lm: LanguageModel, examples: list[LabeledExample], batch_size: int
+    ) -> list[list[LabeledExample]]:
+        """Evaluation batches; with the prefix cache, of inputs of similar length, so that
+        encoding them wastes little on padding (the metric does not depend on the order)."""
+        if self.prefix_cache and lm.kind is ModelKind.CAUSAL:
+            examples = sorted(examples, key=lambda example: len(self.formatter(example, lm)[0]))
+        return [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
+
+    def prefix_cache_bytes(self) -> int:
+        """Memory held by the kept input encodings (the few-shot pools), over all models."""
+        return self._prefixes.nbytes()
 
     @torch.no_grad()
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
