@@ -35,7 +35,7 @@ TRAIN_SIZE = 32
 MAX_PASSAGE_TOKENS = 256
 
 
-def make_boolq(data_dir: Path | None, seed: int = 0) -> ClassificationTask:
+def make_boolq(data_dir: Path | None, seed: int = 0, *, prefix_cache: bool = True) -> ClassificationTask:
     if data_dir is None:
         loaders: dict[Split, Callable[[], list[LabeledExample]]] = {
             split: partial(_from_hub, split, seed) for split in Split
@@ -52,6 +52,7 @@ def make_boolq(data_dir: Path | None, seed: int = 0) -> ClassificationTask:
         verbalizers={ModelKind.CAUSAL: (" no", " yes"), ModelKind.SEQ2SEQ: ("no", "yes")},
         formatter=_format,
         loaders=loaders,
+        prefix_cache=prefix_cache,
     )
 
 

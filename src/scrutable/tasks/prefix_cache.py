@@ -36,6 +36,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from transformers import DynamicCache
@@ -162,7 +163,7 @@ def run_on_prefixes(
     return out.logits[:, -1]  # (P*B, V)
 
 
-Key = Hashable
+Key = TypeVar("Key", bound=Hashable)  # an example; equal examples share their encoding
 
 
 @dataclass
@@ -175,7 +176,7 @@ class PrefixPools:
     _encoded: weakref.WeakKeyDictionary[LanguageModel, dict[str, EncodedPrefixes]] = field(
         default_factory=weakref.WeakKeyDictionary
     )
-    _rows: dict[str, dict[Key, int]] = field(default_factory=dict)  # pool name -> example -> row
+    _rows: dict[str, dict[Hashable, int]] = field(default_factory=dict)  # pool name -> example -> row
 
     def lookup(
         self,

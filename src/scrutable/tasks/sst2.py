@@ -37,7 +37,9 @@ SHOTS_PER_CLASS = 16
 MAX_SENTENCE_TOKENS = 128
 
 
-def make_sst2(data_dir: Path | None, seed: int = 13, dev_pool: str = "few_shot") -> ClassificationTask:
+def make_sst2(
+    data_dir: Path | None, seed: int = 13, dev_pool: str = "few_shot", *, prefix_cache: bool = True
+) -> ClassificationTask:
     if dev_pool not in DEV_POOLS:
         raise UserError(f"SST-2 dev_pool '{dev_pool}' is unknown: choose one of {', '.join(DEV_POOLS)}")
     if data_dir is not None and seed not in SEEDS:
@@ -64,6 +66,7 @@ def make_sst2(data_dir: Path | None, seed: int = 13, dev_pool: str = "few_shot")
         },
         formatter=_format,
         loaders=loaders,
+        prefix_cache=prefix_cache,
     )
 
 

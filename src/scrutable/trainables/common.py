@@ -55,6 +55,7 @@ class TrainConfig:
     test_limit: int | None = None  # test examples in the final report; None = all
     seed: int = 0
     distance: Distance = Distance.EUCLIDEAN  # for unembedding in the reported metrics
+    prefix_cache: bool = True  # reuse the task model's encoding of inputs before the prompt (tasks/prefix_cache.py)
 
     def __post_init__(self) -> None:
         positive = {
@@ -112,7 +113,13 @@ def cached_model(name: str, data_dir: str | None) -> LanguageModel:
 
 
 def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
-    task = get_task(config.task, data_dir=config.data_dir, seed=config.data_seed, dev_pool=config.dev_pool)
+    task = get_task(
+        config.task,
+        data_dir=config.data_dir,
+        seed=config.data_seed,
+        dev_pool=config.dev_pool,
+        prefix_cache=config.prefix_cache,
+    )
     lm = cached_model(config.model, config.data_dir)
     if scorer is None:
         scorer = LocalScorer(cached_model(config.scorer, config.data_dir))
