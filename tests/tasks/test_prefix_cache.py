@@ -76,6 +76,10 @@ def _check_logits_and_gradients(lm, data_dir, template):
             plain, cached = _both_paths(task, lambda examples=examples: task.output_logits(lm, prompts, examples))
         assert plain.shape == cached.shape == (3, len(examples), 2)
         assert (cached - plain).abs().max() < TOLERANCE
+    with torch.no_grad():  # over the whole vocabulary (the output differential reads these)
+        plain, cached = _both_paths(task, lambda: task.vocab_logits(lm, prompts, batch))
+    assert plain.shape == cached.shape == (3, len(batch), lm.vocab_size)
+    assert (cached - plain).abs().max() < TOLERANCE
     assert task.prefix_cache_bytes() > 0  # the train pool was kept
 
 
@@ -163,10 +167,11 @@ def test_inputs_of_one_example_alone_equal_the_model_on_plain_text(tiny_gpt2):
     sentence = token_ids(tiny_gpt2, "a gorgeous , witty film")
     prompt = token_ids(tiny_gpt2, " It was")
     prefixes = prefix_cache.encode_prefixes(tiny_gpt2, [sentence, sentence[:2]])
-    logits = prefix_cache.run_on_prefixes(tiny_gpt2, prefixes, [[], []], tiny_gpt2.embedding_matrix[prompt])
+    hidden = prefix_cache.run_on_prefixes(tiny_gpt2, prefixes, [[], []], tiny_gpt2.embedding_matrix[prompt])
+    logits = prefix_cache.head_logits(tiny_gpt2, hidden, None)
     with torch.no_grad():
-        whole = tiny_gpt2.model(torch.tensor([sentence + prompt])).logits[0, -1]
-        short = tiny_gpt2.model(torch.tensor([sentence[:2] + prompt])).logits[0, -1]
+        whole = tiny_gpt2.model(torch.tensor([sentence + prompt])).logits[0, -1, : tiny_gpt2.vocab_size]
+        short = tiny_gpt2.model(torch.tensor([sentence[:2] + prompt])).logits[0, -1, : tiny_gpt2.vocab_size]
     assert (logits[0] - whole).abs().max() < TOLERANCE and (logits[1] - short).abs().max() < TOLERANCE
 
 

@@ -26,7 +26,7 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
 from scrutable.tasks.inputs import splice_prompt, token_ids
-from scrutable.tasks.prefix_cache import PrefixPools, can_reuse, encode_prefixes, run_on_prefixes
+from scrutable.tasks.prefix_cache import PrefixPools, can_reuse, encode_prefixes, head_logits, run_on_prefixes
 
 GAP_CORRECT_COEFF = 200.0
 GAP_INCORRECT_COEFF = 180.0
@@ -76,16 +76,10 @@ class ClassificationTask:
     def vocab_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         """(P, B, V) logits over the vocabulary where the answer is read: a causal LM's last
         input position, a seq2seq LM's first decoder step."""
+        hidden = self._cached_hidden(lm, prompt_embeds, batch)  # (P, B, D) or None
+        if hidden is not None:
+            return head_logits(lm, hidden, None)
         parts = [self.formatter(example, lm) for example in batch]
-        before = [p[0] for p in parts]
-        if self.prefix_cache and can_reuse(lm, before):
-            num_prompts = 1 if prompt_embeds.dim() == 2 else prompt_embeds.shape[0]
-            pools = {split.value: self._cache[split] for split in (Split.TRAIN, Split.DEV) if split in self._cache}
-            prefixes = self._prefixes.lookup(lm, batch, pools, lambda example: self.formatter(example, lm)[0])
-            if prefixes is None:  # not from a kept pool (test): encode this batch's inputs once
-                prefixes = encode_prefixes(lm, before)
-            logits = run_on_prefixes(lm, prefixes, [p[1] for p in parts], prompt_embeds)  # (P*B, V)
-            return logits[:, : lm.vocab_size].reshape(num_prompts, len(batch), -1)
         spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)
         if lm.kind is ModelKind.SEQ2SEQ:
             start = lm.model.config.decoder_start_token_id
@@ -98,7 +92,27 @@ class ClassificationTask:
 
     def output_logits(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         """(P, B, C) verbalizer logits."""
+        hidden = self._cached_hidden(lm, prompt_embeds, batch)  # (P, B, D) or None
+        if hidden is not None:  # C rows of the output head, not all V
+            return head_logits(lm, hidden, self.verbalizer_ids(lm))
         return self.vocab_logits(lm, prompt_embeds, batch)[..., self.verbalizer_ids(lm)]
+
+    def _cached_hidden(
+        self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]
+    ) -> torch.Tensor | None:
+        """(P, B, D) final hidden states at the answer position via the prefix cache, or None
+        where it does not apply (plain path)."""
+        parts = [self.formatter(example, lm) for example in batch]
+        before = [p[0] for p in parts]
+        if not (self.prefix_cache and can_reuse(lm, before)):
+            return None
+        num_prompts = 1 if prompt_embeds.dim() == 2 else prompt_embeds.shape[0]
+        pools = {split.value: self._cache[split] for split in (Split.TRAIN, Split.DEV) if split in self._cache}
+        prefixes = self._prefixes.lookup(lm, batch, pools, lambda example: self.formatter(example, lm)[0])
+        if prefixes is None:  # not from a kept pool (test, a large dev pool): encode this batch once
+            prefixes = encode_prefixes(lm, before)
+        hidden = run_on_prefixes(lm, prefixes, [p[1] for p in parts], prompt_embeds)  # (P*B, D)
+        return hidden.reshape(num_prompts, len(batch), -1)
 
     def loss(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)

@@ -28,7 +28,8 @@ splits) for the task's lifetime, keyed by example, so a random training batch ga
 rows; larger splits (test) are encoded per evaluation batch.
 
     prefixes = encode_prefixes(lm, [token_ids(lm, s) for s in sentences])
-    logits = run_on_prefixes(lm, prefixes, [[] for _ in sentences], prompt_embeds)  # (P*B, V)
+    hidden = run_on_prefixes(lm, prefixes, [[] for _ in sentences], prompt_embeds)  # (P*B, D)
+    logits = head_logits(lm, hidden, verbalizer_ids)  # (P*B, C)
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class EncodedPrefixes:
     def cache_for(self, num_prompts: int) -> DynamicCache:
         """A fresh cache whose row p*B + b holds example b (tiled over prompts). Fresh because
         a forward pass appends to the cache it is given; the stored tensors stay untouched."""
+        if num_prompts == 1:  # DynamicCache copies what it is given anyway
+            return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)))
         return DynamicCache(
             ddp_cache_data=[
                 (k.repeat(num_prompts, 1, 1, 1), v.repeat(num_prompts, 1, 1, 1))
@@ -102,13 +105,9 @@ def encode_prefixes(lm: LanguageModel, before: Sequence[Sequence[int]]) -> Encod
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, len(before), ENCODE_CHUNK):
         rows = slice(start, start + ENCODE_CHUNK)
-        # logits_to_keep=1: only the cache is wanted, not a (B, T, V) logits tensor.
-        out = lm.model(
-            input_ids=ids[rows],
-            attention_mask=mask[rows],
-            position_ids=positions[rows],
-            use_cache=True,
-            logits_to_keep=1,
+        # The base model without its output head: only the cache is wanted, not logits.
+        out = lm.model.base_model(
+            input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], use_cache=True
         )
         keep = mask[rows].bool()[:, None, :, None]  # (b, 1, T, 1)
         chunks.append([(torch.where(keep, k, 0.0), torch.where(keep, v, 0.0)) for k, v, *_ in out.cache])
@@ -126,8 +125,9 @@ def run_on_prefixes(
     after: Sequence[Sequence[int]],
     prompt_embeds: torch.Tensor,
 ) -> torch.Tensor:
-    """(P*B, V) last-position logits of `[input_b, prompt_p, after_b]`, running only the
-    prompt and `after` positions; differentiable with respect to `prompt_embeds`."""
+    """(P*B, D) final hidden states at the last position of `[input_b, prompt_p, after_b]`,
+    running only the prompt and `after` positions; differentiable in `prompt_embeds`. Read
+    logits from them with `head_logits`."""
     if prompt_embeds.dim() == 2:
         prompt_embeds = prompt_embeds.unsqueeze(0)
     num_prompts, prompt_len, _ = prompt_embeds.shape
@@ -152,15 +152,28 @@ def run_on_prefixes(
 
     mask = torch.cat([prefixes.attention_mask, new_mask], dim=1).repeat(num_prompts, 1)  # (P*B, T+S)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -span:]  # (P*B, S)
-    out = lm.model(
+    out = lm.model.base_model(
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions,
         cache=prefixes.cache_for(num_prompts),
         use_cache=True,
-        logits_to_keep=1,
     )
-    return out.logits[:, -1]  # (P*B, V)
+    return out.last_hidden_state[:, -1]  # (P*B, D)
+
+
+def head_logits(lm: LanguageModel, hidden: torch.Tensor, token_ids: Sequence[int] | None) -> torch.Tensor:
+    """(..., D) final hidden states -> (..., C) logits of `token_ids` only (the rows of the
+    output head that are read, e.g. 2 verbalizers instead of SmolLM2's 49,152 tokens), or with
+    None (..., V) logits over the tokenizer's real tokens."""
+    head = lm.model.get_output_embeddings()
+    assert isinstance(head, torch.nn.Linear), f"{lm.name}: the output head is not a linear layer"
+    rows: slice | torch.Tensor = slice(0, lm.vocab_size)
+    if token_ids is not None:
+        rows = torch.tensor(list(token_ids), dtype=torch.long)
+    bias = None if head.bias is None else head.bias[rows]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # 2-D: a plain matmul (a 3-D input took a slow bmm)
+    return torch.nn.functional.linear(flat, head.weight[rows], bias).reshape(*hidden.shape[:-1], -1)
 
 
 Key = TypeVar("Key", bound=Hashable)  # an example; equal examples share their encoding
