@@ -93,7 +93,7 @@ def evaluation_times(lm: LanguageModel, limit: int, repeats: int) -> dict[str, A
             task.prefix_cache = flag
             for split, split_limit in (("test", limit), ("dev", None)):
                 spent, accuracy[f"{split}_{name}"] = timed(
-                    lambda s=split, n=split_limit: task.evaluate(lm, prompt, s, limit=n)
+                    lambda s=split, n=split_limit: task.evaluate(lm, prompt, s, limit=n).metric
                 )
                 seconds[f"{split}_{name}"].append(spent)
         spent, accuracy["test_plain_sorted"] = timed(lambda: plain_sorted_evaluate(task, lm, prompt, limit))
