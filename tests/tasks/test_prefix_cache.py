@@ -184,3 +184,20 @@ def test_equal_examples_share_one_pool_row(tiny_gpt2):
         tiny_gpt2, [example, LabeledExample("fine", 1)], {"train": [example]}, lambda e: token_ids(tiny_gpt2, e.text)
     )
     assert found is not None and found.attention_mask.shape[0] == 2
+
+
+def test_a_sample_of_a_large_dev_pool_is_encoded_once(tiny_gpt2, data_dir):
+    """`dev_pool: glue` has 6,735 examples (over the kept-pool limit); the fixed sample that
+    `eval_limit` evaluates is kept instead, so later evaluations reuse its encodings."""
+    task = get_task("sst2", data_dir=data_dir, dev_pool="glue")
+    prompt = tiny_gpt2.embedding_matrix[torch.tensor([1169, 3807])]
+    first = task.evaluate(tiny_gpt2, prompt, "dev", limit=40, batch_size=16)
+    held = task.prefix_cache_bytes()
+    assert held > 0
+    second = task.evaluate(tiny_gpt2, prompt, "dev", limit=40, batch_size=16)
+    assert task.prefix_cache_bytes() == held and second == first
+    plain = get_task("sst2", data_dir=data_dir, dev_pool="glue", prefix_cache=False)
+    expected = plain.evaluate(tiny_gpt2, prompt, "dev", limit=40, batch_size=16)
+    assert first.metric == expected.metric and abs(first.objective - expected.objective) < 1e-5
+    task.evaluate(tiny_gpt2, prompt, "test", limit=40, batch_size=16)
+    assert task.prefix_cache_bytes() == held  # test batches are encoded as they come, not kept

@@ -54,6 +54,8 @@ class ClassificationTask:
     prefix_cache: bool = True  # reuse the input's keys/values (`tasks/prefix_cache.py`); False: plain path
     _cache: dict[Split, list[LabeledExample]] = field(default_factory=dict)
     _prefixes: PrefixPools = field(default_factory=PrefixPools, repr=False)
+    # The evaluated samples of non-test splits (`subset(split, limit)`), kept as cache pools.
+    _evaluated: dict[str, list[LabeledExample]] = field(default_factory=dict, repr=False)
 
     def examples(self, split: Split | str) -> list[LabeledExample]:
         key = Split(split)
@@ -108,6 +110,7 @@ class ClassificationTask:
             return None
         num_prompts = 1 if prompt_embeds.dim() == 2 else prompt_embeds.shape[0]
         pools = {split.value: self._cache[split] for split in (Split.TRAIN, Split.DEV) if split in self._cache}
+        pools.update(self._evaluated)
         prefixes = self._prefixes.lookup(lm, batch, pools, lambda example: self.formatter(example, lm)[0])
         if prefixes is None:  # not from a kept pool (test, a large dev pool): encode this batch once
             prefixes = encode_prefixes(lm, before)
@@ -133,6 +136,8 @@ class ClassificationTask:
         examples = subset(self.examples(split), limit)
         if not examples:
             raise UserError(f"split {split} of task {self.name} is empty")
+        if Split(split) is not Split.TEST:  # a fixed sample of a large dev pool is evaluated again and again
+            self._evaluated.setdefault(f"{Split(split).value}:{limit}", examples)
         correct, log_prob = 0, 0.0
         for batch in self._batches(lm, examples, batch_size):
             logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
