@@ -2,8 +2,8 @@
 
     scrutable evaluate --task sst2 --model smollm2-135m --scorer smollm2-135m --prompt "Rate it:"
     scrutable train --method pez --task sst2 --model smollm2-135m --scorer smollm2-135m
-    scrutable sweep sweeps/quickstart.yaml
-    scrutable pareto runs/quickstart --out runs/quickstart/pareto
+    scrutable sweep sweeps/quickstart.yaml --out runs/quickstart
+    scrutable pareto runs/quickstart --reference task/dev_metric=0.5 --reference interp/perplexity=1e6
     scrutable ui runs/quickstart
     scrutable report runs/results/sst2_pez --out docs/results.md
 
@@ -28,6 +28,53 @@ if TYPE_CHECKING:
     from scrutable.sweep.spec import SweepSpec
 
 
+DESCRIPTION = """\
+Map how readable a trainable prompt can be before it stops working.
+
+main commands:
+  evaluate  the interpretability card of one prompt (faithfulness, perplexity, task metric)
+            scrutable evaluate --task sst2 --model smollm2-135m --scorer smollm2-135m --prompt " It was"
+  train     train one prompt without Ray Tune (soft_prompt, pez or rlprompt)
+            scrutable train --method pez --task sst2 --model smollm2-135m --scorer smollm2-135m --out runs/one
+  sweep     search alpha and prompt length with Ray Tune + Optuna, tracked in MLflow
+            scrutable sweep sweeps/quickstart.yaml --out runs/quickstart
+
+then: `scrutable pareto runs/quickstart` (the frontier files) and `scrutable ui runs/quickstart`
+(MLflow's runs table). Offline models: smollm2-135m, tiny-gpt2, tiny-t5.
+"""
+OFFLINE_SCORER = "smollm2-135m"
+HUB_SCORER = "gpt2-xl"  # the paper's scorer
+
+
+def default_scorer() -> str:
+    """gpt2-xl from the hub, or the offline SmolLM2 when the hub is switched off (HF_HUB_OFFLINE)."""
+    import os
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return OFFLINE_SCORER if offline else HUB_SCORER
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: give a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range: give a number from 1 to 65535")
+    return port
+
+
+def _reference(text: str) -> tuple[str, float]:
+    metric, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not metric or number != number:
+        raise argparse.ArgumentTypeError(f"invalid reference {text!r}: write METRIC=NUMBER, e.g. task/dev_metric=0.5")
+    return metric.strip(), number
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not usage + error
         raise UserError(f"{message} (see '{self.prog} --help')")
@@ -36,36 +83,56 @@ class _Parser(argparse.ArgumentParser):
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="sst2, boolq or yelp")
     parser.add_argument("--model", required=True, help="hub name, local folder, or smollm2-135m / tiny-gpt2 / tiny-t5")
-    parser.add_argument("--scorer", default="gpt2-xl", help="perplexity scorer LM (default gpt2-xl)")
+    parser.add_argument(
+        "--scorer",
+        default=None,
+        help=f"perplexity scorer LM (default {HUB_SCORER}; {OFFLINE_SCORER}, which works offline, when "
+        "HF_HUB_OFFLINE=1)",
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
         help="folder laid out like ../shared/data (default: $SCRUTABLE_DATA_DIR, else the hub)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="data seed (SST-2 few-shot split: 13, 21, 42, 87, 100)")
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="data seed, the config's data_seed (SST-2 few-shot split: 13, 21, 42, 87, 100)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scrutable", description=__doc__.splitlines()[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from scrutable import __version__
+
+    parser = _Parser(prog="scrutable", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"scrutable {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     evaluate = commands.add_parser("evaluate", help="print the interpretability card of one prompt")
     _add_model_args(evaluate)
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="a hard prompt as text")
     source.add_argument("--soft-prompt", type=Path, help="a (L, D) tensor saved with torch.save")
-    evaluate.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    evaluate.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="data split (default dev)")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate on this many examples (a fixed sample)")
-    evaluate.add_argument("--distance", default="euclidean", choices=["euclidean", "cosine"])
+    evaluate.add_argument(
+        "--distance",
+        default="euclidean",
+        choices=["euclidean", "cosine"],
+        help="distance for mapping vectors to their nearest tokens (default euclidean)",
+    )
     evaluate.add_argument("--json", type=Path, default=None, help="also write the card as JSON here")
     evaluate.set_defaults(run=_evaluate)
 
     train = commands.add_parser("train", help="run one trial without Ray Tune (for debugging)")
     train.add_argument("--method", required=True, help="soft_prompt, pez or rlprompt")
     _add_model_args(train)
-    train.add_argument("--alpha", type=float, default=None, help="perplexity weight")
-    train.add_argument("--prompt-length", type=int, default=None)
-    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--alpha", type=float, default=None, help="perplexity weight (default: the method's, 0)")
+    train.add_argument(
+        "--prompt-length", type=int, default=None, help="prompt tokens/vectors L (default: the method's)"
+    )
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the method's)")
     train.add_argument(
         "--set",
         action="append",
@@ -78,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run (or --resume) a sweep from sweeps/*.yaml")
     sweep.add_argument("spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml")
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the sweep folder (default: the spec's storage/name, e.g. runs/quickstart); its last part names the sweep",
+    )
     sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
     sweep.add_argument(
         "--set",
@@ -99,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = commands.add_parser("pareto", help="export the Pareto frontier of a sweep folder")
     pareto.add_argument("folder", type=Path, help="the sweep folder (storage/name)")
     pareto.add_argument("--out", type=Path, default=None, help="output folder (default FOLDER/pareto)")
+    pareto.add_argument(
+        "--reference",
+        type=_reference,
+        action="append",
+        default=None,
+        metavar="METRIC=VALUE",
+        help="the hypervolume's reference point, one per objective (repeat), e.g. --reference "
+        "task/dev_metric=0.5 --reference interp/perplexity=1e6; compare sweeps' hypervolumes only "
+        "under the same reference (default: 10%% beyond each sweep's worst trial)",
+    )
     pareto.set_defaults(run=_pareto)
 
     report = commands.add_parser("report", help="write docs/results.md (tables, plots) from sweep folders")
@@ -106,9 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown file (figures beside it)")
     report.set_defaults(run=_report)
 
-    ui = commands.add_parser("ui", help="open the MLflow UI on a sweep's store (127.0.0.1 only)")
-    ui.add_argument("folder", type=Path, nargs="?", default=Path("runs/quickstart"))
-    ui.add_argument("--port", type=int, default=5000)
+    ui = commands.add_parser("ui", help="serve MLflow on a sweep's store (127.0.0.1 only) and print its runs table")
+    ui.add_argument(
+        "folder",
+        type=Path,
+        nargs="?",
+        default=Path("runs/quickstart"),
+        help="the sweep folder holding mlflow.db and mlartifacts/ (default runs/quickstart); may be a "
+        "copied or moved one",
+    )
+    ui.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (default 5000)")
+    ui.add_argument(
+        "--no-browser", action="store_true", help="only print the link (no browser is opened without a display)"
+    )
     ui.set_defaults(run=_ui)
     return parser
 
@@ -125,9 +218,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.soft_prompt is not None and not args.soft_prompt.is_file():
         raise UserError(f"soft prompt file {args.soft_prompt} does not exist")
-    task = get_task(args.task, data_dir=args.data_dir, seed=args.seed)
+    task = get_task(args.task, data_dir=args.data_dir, seed=args.data_seed)
     lm = load_model(args.model, data_dir=args.data_dir)
-    scorer_lm = lm if args.scorer == args.model else load_model(args.scorer, data_dir=args.data_dir)
+    scorer = args.scorer or default_scorer()
+    scorer_lm = lm if scorer == args.model else load_model(scorer, data_dir=args.data_dir)
     if args.prompt is not None:
         ids = lm.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -160,10 +254,10 @@ def _train(args: argparse.Namespace) -> int:
     from scrutable.trainables.common import save_state
 
     method = get_method(args.method)
-    values: dict[str, object] = {"task": args.task, "model": args.model, "scorer": args.scorer}
+    values: dict[str, object] = {"task": args.task, "model": args.model, "scorer": args.scorer or default_scorer()}
     flags = {
         "data_dir": args.data_dir,
-        "data_seed": args.seed,
+        "data_seed": args.data_seed,
         "alpha": args.alpha,
         "prompt_length": args.prompt_length,
         "steps": args.steps,
@@ -197,7 +291,11 @@ def _sweep(args: argparse.Namespace) -> int:
     from scrutable.sweep.launcher import run_sweep
     from scrutable.sweep.spec import load_spec
 
-    spec = load_spec(args.spec, parse_overrides(args.set), smoke=args.smoke)
+    overrides = parse_overrides(args.set)
+    if args.out is not None:  # the folder is storage/name: --out runs/x is storage=runs, name=x
+        out = args.out.expanduser().resolve()
+        overrides.update(storage=json.dumps(str(out.parent)), name=json.dumps(out.name))  # JSON is YAML
+    spec = load_spec(args.spec, overrides, smoke=args.smoke)
     try:
         summary = run_sweep(spec, resume=args.resume, address=args.address)
     finally:
@@ -220,7 +318,26 @@ def _pareto(args: argparse.Namespace) -> int:
     from scrutable.sweep.results import collect_trials
 
     spec = _sweep_folder_spec(args.folder)
-    summary = export_pareto(collect_trials(args.folder.resolve(), spec), spec, args.out or args.folder / "pareto")
+    reference = None
+    if args.reference is not None:
+        given = dict(args.reference)
+        unknown = sorted(set(given) - set(spec.metric_names))
+        missing = [m for m in spec.metric_names if m not in given]
+        if unknown or missing:
+            raise UserError(
+                f"--reference needs exactly one value per objective ({', '.join(spec.metric_names)}): "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"unknown {', '.join(unknown)}" if unknown else "",
+                        f"missing {', '.join(missing)}" if missing else "",
+                    )
+                    if part
+                )
+            )
+        reference = [given[m] for m in spec.metric_names]
+    records = collect_trials(args.folder.resolve(), spec)
+    summary = export_pareto(records, spec, args.out or args.folder / "pareto", reference=reference)
     print(render_summary(summary))
     return 0
 
@@ -233,31 +350,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
+    from scrutable.sweep.ui import serve
 
-    spec = _sweep_folder_spec(args.folder)
-    uri = spec.tracking.uri or f"sqlite:///{args.folder.resolve() / 'mlflow.db'}"
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    return serve(args.folder, args.port, open_browser=not args.no_browser)
 
 
 def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:

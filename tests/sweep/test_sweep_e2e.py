@@ -17,6 +17,7 @@ import optuna
 import pytest
 import ray
 
+from scrutable.sweep.artifacts import local_path
 from scrutable.sweep.launcher import run_sweep
 from scrutable.sweep.spec import load_spec
 
@@ -69,9 +70,9 @@ def test_quickstart_smoke_sweep_end_to_end(tmp_path):
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parents[0].info.run_id}
     assert all({"alpha", "prompt_length", "method", "model", "scorer", "seed"} <= set(k.data.params) for k in kids)
     assert all({"task/dev_metric", "task/dev_objective", "interp/perplexity"} <= set(k.data.metrics) for k in kids)
-    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    artifacts = {a.path for a in client.list_artifacts(kids[0].info.run_id)}
-    assert {"card.json", "prompts"} <= artifacts
+    # Folder-relative artifact URIs (served by `scrutable ui`), the files under mlartifacts/.
+    root = local_path(folder, kids[0].info.artifact_uri)
+    assert root is not None and {"card.json", "card.txt", "prompts"} <= {p.name for p in root.iterdir()}
     assert not (Path.cwd() / "mlflow.db").exists()  # no stray store in the working directory
 
     assert summary["scorer"]["trials"] == 3  # one actor served every trial
@@ -200,7 +201,8 @@ def test_resume_after_killing_the_driver(tmp_path):
     results = sorted(folder.glob("tune/*/result.json"))
     assert len(results) == 4
     for path in results:
-        steps = [json.loads(line)["train/step"] for line in path.read_text().splitlines()]
+        reports = [json.loads(line) for line in path.read_text().splitlines()]
+        steps = [r["train/step"] for r in reports if "train/step" in r]  # evaluations, not step reports
         assert steps == sorted(set(steps)), (path.parent.name, steps)  # nothing re-ran
     assert done_before  # at least one trial had finished before the kill
     parents, kids = children(folder)

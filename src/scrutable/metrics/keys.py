@@ -68,6 +68,21 @@ FAITHFULNESS = (
 
 NODE_ID = "ray/node_id"  # the Ray node a trial's report came from (a string, not in ALL_NUMERIC)
 
+# Per-step values: step/<name> is train/<name> at every step (the train/* keys above average
+# an evaluation interval). A trial reports them in batches between evaluations (`progress/*`);
+# MLflow logs each at its own step.
+STEP_PREFIX = "step/"
+STEP_LOSS = "step/loss"
+STEP_REWARD = "step/reward"
+PROGRESS_STEP = "progress/step"  # the latest step in a progress report (no evaluation in it)
+PROGRESS_HISTORY = "progress/history"  # JSON [[step, {"step/loss": ...}], ...] since the previous report
+
+# The sweep's parent MLflow run.
+PARETO_HYPERVOLUME = "pareto/hypervolume"  # against the reference stated in pareto.json
+PARETO_FRONTIER_SIZE = "pareto/frontier_size"
+SWEEP_TRIALS_COMPLETED = "sweep/trials_completed"
+SWEEP_WALL_TIME = "sweep/wall_time_s"
+
 ALL_NUMERIC = (
     TASK_DEV,
     TASK_DEV_UNEMBEDDED,

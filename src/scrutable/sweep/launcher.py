@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -118,76 +119,6 @@ def _searcher_class() -> Any:
     return LinkedOptunaSearch
 
 
-class LiveTable:
-    """A concise trial table, reprinted when something changed (at most every few seconds)."""
-
-    def __init__(self, spec: SweepSpec, every_s: float = 5.0) -> None:
-        self.spec = spec
-        self.every_s = every_s
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.finished: set[str] = set()
-        self.failed: dict[str, str] = {}
-        self.last_print = 0.0
-
-    def update(self, trial: Any, status: str, result: dict[str, Any] | None = None, force: bool = False) -> None:
-        row = self.rows.setdefault(trial.trial_id, {})
-        row.update(self.spec.space.decoded(trial.config), status=status)
-        if result is not None:
-            row.update({m: result.get(m) for m in self.spec.metric_names}, step=result.get(keys.TRAIN_STEP))
-        if force or time.monotonic() - self.last_print > self.every_s:
-            print(self.render(), flush=True)
-            self.last_print = time.monotonic()
-
-    def render(self) -> str:
-        params = list(self.spec.search)
-        columns = ["trial", *params, "step", *self.spec.metric_names, "status"]
-        lines = ["  ".join(f"{c:>14}" for c in columns)]
-        for trial_id, row in self.rows.items():
-            cells = [trial_id[-14:]] + [_fmt(row.get(c)) for c in columns[1:]]
-            lines.append("  ".join(f"{c:>14}" for c in cells))
-        done = len(self.finished) + len(self.failed)
-        lines.append(f"{done}/{self.spec.trials} trials done ({len(self.failed)} failed)")
-        return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _callback_class() -> Any:
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        def __init__(self, table: LiveTable) -> None:
-            self.table = table
-
-        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self.table.update(trial, "RUNNING", force=True)
-
-        def on_trial_result(
-            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-        ) -> None:
-            self.table.update(trial, "RUNNING", result)
-
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self.table.finished.add(trial.trial_id)
-            self.table.update(trial, "DONE", force=True)
-
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            from scrutable.sweep.tracking import error_reason
-
-            reason = error_reason(trial)
-            self.table.failed[trial.trial_id] = reason
-            self.table.update(trial, "FAILED", force=True)
-            print(f"trial {trial.trial_id} failed: {reason}", flush=True)
-
-    return Progress
-
-
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Tune stops cleanly on SIGINT only; treat SIGTERM (kill, a scheduler) the same way."""
@@ -284,6 +215,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
 
     from scrutable.sweep import storage, tracking
     from scrutable.sweep.frontier import export_pareto, render_summary
+    from scrutable.sweep.progress import SweepProgress, TuneProgress, stop_all
     from scrutable.sweep.results import collect_trials
     from scrutable.sweep.scorer_actor import start_scorer
     from scrutable.sweep.trainable import with_spec
@@ -302,7 +234,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
     if not resume and (tune.Tuner.can_restore(location) if storage.is_uri(location) else Path(location).exists()):
         raise UserError(
-            f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or change name/storage"
+            f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or --out NEW_FOLDER "
+            "to start another"
         )
     start_ray(spec, address)
     storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
@@ -310,6 +243,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     uri = spec.tracking.uri or tracking.default_uri(folder)
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
+    tracking.log_sweep_params(uri, parent_id, spec.to_dict())
     started = time.monotonic()
     actor = start_scorer(
         spec.name,
@@ -319,7 +253,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         max_batch=spec.scorer_resources.max_batch,
         max_wait_ms=spec.scorer_resources.max_wait_ms,
     )
-    table = LiveTable(spec)
+    example_config = spec.trial_config(spec.space.example_point())
+    progress = SweepProgress(spec, steps_per_trial=example_config.steps)
     params = {
         "sweep": spec.name,
         "method": spec.method,
@@ -328,11 +263,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         "scorer": spec.scorer,
         "seed": spec.seed,
         "sampler": spec.sampler.value,
+        **tracking.config_params(example_config, spec.search),  # the method config's fixed fields
     }
-    callbacks = [
-        tracking.MlflowTracking(uri, experiment_id, parent_id, params, list(spec.search)),
-        _callback_class()(table),
-    ]
+    mlflow_callback = tracking.MlflowTracking(uri, experiment_id, parent_id, params, list(spec.search), folder)
+    callbacks = [mlflow_callback, TuneProgress(progress)]
     wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
@@ -356,7 +290,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
             ),
         )
     with sigterm_as_interrupt():
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            stop_all()
 
     # --- cleanup ------------------------------------------------------------------------
     stats = ray.get(actor.batch_stats.remote())
@@ -377,7 +314,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         "scorer": stats,
         "tracking_uri": uri,
         "optuna_storage": optuna_storage_url(spec, folder),
-        "mlflow_failed_writes": callbacks[0].failed_writes,
+        "mlflow_failed_writes": mlflow_callback.failed_writes,
     }
     print(render_summary(summary_data))
     print(
@@ -385,10 +322,22 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         f"{stats['mixed_batch_share']:.0%} mixed trials"
     )
     interrupted = finished < min(spec.trials, len(records)) or len(records) < spec.trials
+    try:
+        tracking.finish_parent(
+            uri,
+            parent_id,
+            summary,
+            folder=folder,
+            hypervolume=summary_data.hypervolume,
+            frontier_size=len(summary_data.frontier),
+            files=list(summary_data.files.values()),
+            finished=not interrupted,
+        )
+    except Exception as exc:  # the results are on disk; the parent run is a view of them
+        print(f"warning: could not write the parent MLflow run ({type(exc).__name__}: {exc})", file=sys.stderr)
     if interrupted:
         print(f"sweep interrupted after {elapsed:.0f} s: run `scrutable sweep <spec> --resume` to finish it")
     else:
-        tracking.finish_parent(uri, parent_id, summary)
         print(f"sweep finished in {elapsed:.0f} s; MLflow: scrutable ui {folder}")
     summary["interrupted"] = interrupted
     return summary

@@ -4,20 +4,28 @@ The driver owns every MLflow write, through a Ray Tune callback: workers never i
 MLflow, so no trial can log to a stray `mlflow.db` in its working directory, and a trial
 that is retried or resumed finds its child run again by the `scrutable.trial_id` tag
 instead of creating a duplicate. The default store is SQLite under the sweep folder
-(MLflow 3 rejects `file:` stores) with artifacts beside it; on a cluster, give a server URI.
+(MLflow 3 rejects `file:` stores) with artifacts beside it under folder-relative URIs
+(`sweep/artifacts.py`, so a copied folder keeps them); on a cluster, give a server URI.
+The experiment is tagged as a model-training one, so MLflow 3's UI opens its runs table.
 
-Child runs carry params (alpha, prompt length, method, model, scorer, seed, ...), step
-metrics under the namespaced keys, the prompt text at every evaluation
-(`prompts/step_000040.txt`) and the final interpretability card (`card.json`,
-`card.txt`), with tags for the compare view (method, task, final prompt).
+The parent run holds the sweep: the spec as params (`search.alpha.low`, `training.steps`,
+...), and at the end the hypervolume, frontier size and trial count as metrics and
+`spec.yaml` plus the Pareto files (`pareto/pareto.{png,html,csv,json}`, `trials.csv`) as
+artifacts. Child runs carry the trial's whole method config as params (steps, batch size,
+learning rate, data seed, alpha, prompt length and the method's own fields), the loss (and
+reward) of every step (`step/*`), the evaluation metrics under the namespaced keys, the
+prompt text at every evaluation (`prompts/step_000040.txt`) and the final interpretability
+card (`card.json`, `card.txt`), with tags for the compare view (method, task, final prompt).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +33,16 @@ from ray.tune import Callback
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
+from scrutable.sweep.artifacts import ArtifactWriter, experiment_location
 
 PARENT_TAG = "scrutable.role"
 TRIAL_TAG = "scrutable.trial_id"
 SWEEP_TAG = "scrutable.sweep"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); this
+# value makes it a model-training experiment whose home is the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARAM_CHARS = 250  # MLflow accepts 6000; longer values make an unreadable table
 
 
 def default_uri(folder: Path) -> str:
@@ -57,11 +71,14 @@ def connect(uri: str, experiment: str, folder: Path) -> tuple[str, str]:
         client = _client(uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            artifacts = (folder / "mlartifacts").resolve()
-            location = artifacts.as_uri() if uri.startswith("sqlite:") else None
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+            location = experiment_location(uri, experiment)
+            experiment_id = client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         else:
             experiment_id = found.experiment_id
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         parents = client.search_runs(
             [experiment_id], filter_string=f"tags.{PARENT_TAG} = 'parent' and tags.{SWEEP_TAG} = '{folder.name}'"
         )
@@ -88,33 +105,88 @@ def find_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The namespaced, finite numbers of a report (`progress/*` bookkeeping left out)."""
     out = {}
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or key.startswith("progress/"):
             continue
         if "/" in key and math.isfinite(float(value)):
             out[key] = float(value)
     return out
 
 
+def step_metrics(result: dict[str, Any], timestamp_ms: int) -> list[Any]:
+    """The per-step values buffered in a report (`progress/history`) as MLflow metrics."""
+    from mlflow.entities import Metric
+
+    raw = result.get(keys.PROGRESS_HISTORY)
+    if not isinstance(raw, str):
+        return []
+    out = []
+    for step, values in json.loads(raw):
+        out += [Metric(k, float(v), timestamp_ms, int(step)) for k, v in values.items() if math.isfinite(float(v))]
+    return out
+
+
+def param_value(value: Any) -> str:
+    """A readable, short param: enums by value, floats to 4 significant digits."""
+    if isinstance(value, Enum):
+        value = value.value
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= PARAM_CHARS else text[: PARAM_CHARS - 1] + "…"
+
+
+def flat_params(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested spec as dotted params: {"search": {"alpha": {"low": 0.03}}} -> search.alpha.low."""
+    out: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_params(value, name + "."))
+        elif value is not None:
+            out[name] = param_value(value)
+    return out
+
+
+def log_sweep_params(uri: str, parent_id: str, spec_dict: dict[str, Any]) -> None:
+    """The spec as the parent run's params (`smoke` left out); a resumed sweep adds only new ones,
+    since MLflow params cannot change."""
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    logged = client.get_run(parent_id).data.params
+    params = flat_params({k: v for k, v in spec_dict.items() if k != "smoke"})
+    new = [Param(k, v) for k, v in params.items() if k not in logged]
+    for start in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(parent_id, params=new[start : start + 100])
+
+
 class MlflowTracking(Callback):
     """Ray Tune callback writing the sweep's MLflow runs (driver side)."""
 
     def __init__(
-        self, uri: str, experiment_id: str, parent_id: str, params: dict[str, Any], searched: list[str]
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_id: str,
+        params: dict[str, Any],
+        searched: list[str],
+        folder: Path,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id
         self.params = params  # sweep-level params logged on every child
         self.searched = searched  # names of the searched values, decoded in the trial config
+        self.folder = folder  # where proxied artifacts are written (`sweep/artifacts.py`)
         self.runs: dict[str, str] = {}
         self._client: Any = None
+        self._artifacts: ArtifactWriter | None = None
         self.failed_writes = 0
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state
         state = dict(self.__dict__)
-        state["_client"] = None
+        state["_client"] = state["_artifacts"] = None
         return state
 
     @property
@@ -122,6 +194,12 @@ class MlflowTracking(Callback):
         if self._client is None:
             self._client = _client(self.uri)
         return self._client
+
+    @property
+    def artifacts(self) -> ArtifactWriter:
+        if self._artifacts is None:
+            self._artifacts = ArtifactWriter(self.client, self.uri, self.folder)
+        return self._artifacts
 
     def run_id(self, trial: Any) -> str:
         trial_id = trial.trial_id
@@ -148,7 +226,9 @@ class MlflowTracking(Callback):
         params = {**self.params, **decoded}
         from mlflow.entities import Param
 
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        logged = [Param(k, param_value(v)) for k, v in params.items()]
+        for start in range(0, len(logged), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run.info.run_id, params=logged[start : start + 100])
         return run.info.run_id
 
     def _safely(self, action: Any) -> None:
@@ -168,12 +248,16 @@ class MlflowTracking(Callback):
             from mlflow.entities import Metric
 
             run_id = self.run_id(trial)
-            step = int(result.get(keys.TRAIN_STEP, iteration))
             now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, step) for k, v in numeric(result).items()]
-            self.client.log_batch(run_id, metrics=metrics)
-            if keys.PROMPT_TEXT in result:
-                self.client.log_text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
+            metrics = step_metrics(result, now)
+            if keys.TRAIN_STEP in result:  # an evaluation (a step report holds only progress/*)
+                step = int(result[keys.TRAIN_STEP])
+                metrics += [Metric(k, v, now, step) for k, v in numeric(result).items()]
+            for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+            if keys.PROMPT_TEXT in result and keys.TRAIN_STEP in result:
+                step = int(result[keys.TRAIN_STEP])
+                self.artifacts.text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
                 self.client.set_tag(run_id, "prompt", str(result[keys.PROMPT_TEXT])[:250])
 
         self._safely(write)
@@ -183,8 +267,11 @@ class MlflowTracking(Callback):
             run_id = self.run_id(trial)
             card = final_card(trial)
             if card is not None:
-                self.client.log_dict(run_id, card, "card.json")
+                self.artifacts.json(run_id, card, "card.json")
                 self.client.set_tag(run_id, "final_prompt", str(card.get("unembedded_text", ""))[:250])
+            card_text = final_card_text(trial)
+            if card_text is not None:
+                self.artifacts.text(run_id, card_text, "card.txt")
             self.client.set_terminated(run_id, "FINISHED")
 
         self._safely(write)
@@ -212,6 +299,25 @@ def final_card(trial: Any) -> dict[str, Any] | None:
     return loaded
 
 
+def final_card_text(trial: Any) -> str | None:
+    """The rendered card the trainable wrote beside card.json (`card.txt`)."""
+    checkpoint = trial.checkpoint
+    if checkpoint is None:
+        return None
+    try:  # through the checkpoint's filesystem, like `final_card`
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/card.txt") as stream:
+            return str(stream.read().decode())
+    except OSError:
+        return None
+
+
+def config_params(config: Any, searched: Any) -> dict[str, Any]:
+    """A method config's fields for every child run's params (steps, batch size, learning rate,
+    data seed, the method's own fields); the searched ones come per trial, data_dir (a path,
+    not a setting) is left out."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in searched and k != "data_dir"}
+
+
 def error_reason(trial: Any) -> str:
     """The last line of the trial's error: the `UserError`/exception message, not a traceback."""
     path = getattr(trial, "error_file", None)
@@ -222,7 +328,39 @@ def error_reason(trial: Any) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def finish_parent(uri: str, parent_id: str, summary: dict[str, Any]) -> None:
+def finish_parent(
+    uri: str,
+    parent_id: str,
+    summary: dict[str, Any],
+    *,
+    folder: Path,
+    hypervolume: float | None,
+    frontier_size: int,
+    files: list[Path],
+    finished: bool,
+) -> None:
+    """The sweep's outcome on the parent run: metrics, the spec and Pareto files, the summary.
+
+    Written for an interrupted sweep too (its partial frontier); the run is only marked
+    FINISHED when every trial finished, so a resumed sweep overwrites the files."""
+    from mlflow.entities import Metric
+
     client = _client(uri)
-    client.log_dict(parent_id, summary, "sweep_summary.json")
-    client.set_terminated(parent_id, "FINISHED")
+    writer = ArtifactWriter(client, uri, folder)
+    now = int(time.time() * 1000)
+    values = {
+        keys.PARETO_FRONTIER_SIZE: float(frontier_size),
+        keys.SWEEP_TRIALS_COMPLETED: float(summary.get("trials_finished", 0)),
+        keys.SWEEP_WALL_TIME: float(summary.get("wall_time_s", 0.0)),
+    }
+    if hypervolume is not None and math.isfinite(hypervolume):
+        values[keys.PARETO_HYPERVOLUME] = float(hypervolume)
+    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+    if (folder / "spec.yaml").is_file():
+        writer.file(parent_id, folder / "spec.yaml")
+    for path in files:
+        if Path(path).is_file():
+            writer.file(parent_id, Path(path), "pareto")
+    writer.json(parent_id, summary, "sweep_summary.json")
+    if finished:
+        client.set_terminated(parent_id, "FINISHED")

@@ -6,13 +6,18 @@ store), the searched values, already decoded (`search_space.py`), in the trial's
 under their own names. The trainable builds the method's config from both, reconnects to
 the sweep's shared scorer actor, resumes from `tune.get_checkpoint()` when Tune restarts
 or restores the trial, and turns every evaluation into
-`tune.report(row, checkpoint=...)` with `state.pt` and `card.json`.
+`tune.report(row, checkpoint=...)` with `state.pt`, `card.json` and `card.txt`. Per-step
+values (`progress`) are buffered and sent at most once every `PROGRESS_EVERY_S` as a
+checkpoint-free report (`progress/step`, `progress/history`), or with the next evaluation,
+so MLflow charts every step without a Tune report per step.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,10 @@ from scrutable.trainables import get_method
 from scrutable.trainables.common import Evaluation, load_state, save_state
 
 CARD_FILE = "card.json"
+CARD_TEXT_FILE = "card.txt"
+# At most one step report per trial this often, so the driver stays idle between evaluations
+# (SCRUTABLE_PROGRESS_EVERY_S=0 reports every step, as the tests do).
+PROGRESS_EVERY_S = float(os.environ.get("SCRUTABLE_PROGRESS_EVERY_S", "2.0"))
 
 
 def tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -49,15 +58,47 @@ def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             state = load_state(directory)
 
+    steps = StepBuffer()
+
+    def progress(step: int, values: dict[str, float]) -> None:
+        steps.add(step, values)
+        if steps.due():
+            tune.report(steps.flush())
+
     def report(evaluation: Evaluation) -> None:
         with tempfile.TemporaryDirectory() as directory:
             save_state(evaluation.state, directory)
             card = dict(evaluation.card.to_dict(), final=evaluation.final, step=evaluation.step)
             (Path(directory) / CARD_FILE).write_text(json.dumps(card, indent=2))
-            metrics = {**tune_metrics(evaluation.metrics), keys.NODE_ID: node_id}  # where it ran (clusters)
+            (Path(directory) / CARD_TEXT_FILE).write_text(evaluation.card.render() + "\n")
+            metrics = {**tune_metrics(evaluation.metrics), keys.NODE_ID: node_id, **steps.flush()}  # node: clusters
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    method.run(trial_config, scorer=scorer, report=report, state=state)
+    method.run(trial_config, scorer=scorer, report=report, state=state, progress=progress)
+
+
+class StepBuffer:
+    """The per-step values since the last report, as the `progress/*` fields of the next one."""
+
+    def __init__(self, every_s: float = PROGRESS_EVERY_S) -> None:
+        self.every_s = every_s
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.last = time.monotonic()
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        # progress() names a train/<name> value by <name>; per step it is step/<name> (keys.STEP_PREFIX).
+        self.pending.append((step, {keys.STEP_PREFIX + k: float(v) for k, v in values.items()}))
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.last >= self.every_s
+
+    def flush(self) -> dict[str, Any]:
+        self.last = time.monotonic()
+        if not self.pending:
+            return {}
+        out = {keys.PROGRESS_STEP: self.pending[-1][0], keys.PROGRESS_HISTORY: json.dumps(self.pending)}
+        self.pending = []
+        return out
 
 
 def with_spec(spec_dict: dict[str, Any], resources: dict[str, float]) -> Any:

@@ -1,0 +1,138 @@
+"""What a tiny sweep leaves in MLflow, read back as a user would: the parent run tells the
+story (spec params, hypervolume, frontier size, Pareto files, spec.yaml), child runs hold
+the trial's config, every step's loss and the card as text, and a *moved* sweep folder's
+artifacts are served by `scrutable ui` over HTTP, which leaves nothing running when stopped."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from scrutable.metrics import keys
+from scrutable.sweep.launcher import run_sweep
+from scrutable.sweep.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("storage")
+    overrides = {
+        "storage": str(storage),
+        "data_dir": os.environ["SCRUTABLE_DATA_DIR"],
+        "trials": "2",
+        "concurrency": "1",
+        "training.steps": str(STEPS),
+        "training.eval_interval": "2",
+    }
+    summary = run_sweep(load_spec(REPO / "sweeps" / "quickstart.yaml", overrides, smoke=True))
+    ray.shutdown()
+    assert not summary["interrupted"]
+    return storage / "quickstart"
+
+
+def runs(folder):
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    found = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in found if r.data.tags.get("scrutable.role") == "parent")
+    kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, experiment, parent, kids
+
+
+def test_parent_run_holds_config_frontier_and_files(sweep):
+    client, experiment, parent, kids = runs(sweep)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs table, not GenAI
+    params = parent.data.params
+    assert params["method"] == "pez" and params["sampler"] == "tpe" and params["trials"] == "2"
+    assert params["search.alpha.low"] == "0.03" and params["training.steps"] == str(STEPS)
+    frontier = json.loads((sweep / "pareto" / "pareto.json").read_text())
+    assert parent.data.metrics[keys.PARETO_FRONTIER_SIZE] == len(frontier["frontier"]) >= 1
+    assert parent.data.metrics[keys.PARETO_HYPERVOLUME] == pytest.approx(frontier["hypervolume"])
+    assert parent.data.metrics[keys.SWEEP_TRIALS_COMPLETED] == 2
+    assert parent.info.status == "FINISHED"
+    from scrutable.sweep.artifacts import local_path
+
+    root = local_path(sweep, parent.info.artifact_uri)
+    assert (root / "spec.yaml").read_text() == (sweep / "spec.yaml").read_text()
+    for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.json", "trials.csv"):
+        assert (root / "pareto" / name).read_bytes() == (sweep / "pareto" / name).read_bytes()
+
+
+def test_child_runs_hold_config_step_curves_and_card_text(sweep):
+    client, _, _, kids = runs(sweep)
+    assert len(kids) == 2
+    for kid in kids:
+        params = kid.data.params
+        assert params["steps"] == str(STEPS) and params["batch_size"] == "4" and params["data_seed"] == "13"
+        assert params["learning_rate"] and params["perplexity_source"]  # a PEZ-only field
+        assert float(params["alpha"]) >= 0 and params["prompt_length"] in ("3", "6")
+        history = client.get_metric_history(kid.info.run_id, keys.STEP_LOSS)
+        assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # every step, once
+        evaluations = client.get_metric_history(kid.info.run_id, keys.TASK_DEV)
+        assert sorted(m.step for m in evaluations) == [2, 4]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(url, timeout=5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def test_ui_serves_the_artifacts_of_a_moved_folder_and_stops_cleanly(sweep, tmp_path):
+    moved = tmp_path / "elsewhere" / "quickstart"
+    shutil.copytree(sweep, moved)
+    hidden = sweep.with_name("quickstart-hidden")
+    sweep.rename(hidden)  # the original path no longer exists: only relative URIs can work
+    try:
+        _, experiment, _, kids = runs(moved)
+        run_id = kids[0].info.run_id
+        port = free_port()
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "scrutable.cli", "ui", str(moved), "--port", str(port), "--no-browser"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            first = ui.stdout.readline()
+            assert f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs" in first, first
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    get(base + "/health", timeout=2)
+                    break
+                except OSError:
+                    assert ui.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                    time.sleep(1)
+            card = get(f"{base}/get-artifact?path=card.txt&run_uuid={run_id}").decode()
+            assert card == (moved / "mlartifacts" / "quickstart" / run_id / "artifacts" / "card.txt").read_text()
+            assert "Interpretability card" in card
+            listed = json.loads(get(f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}"))
+            assert {"card.json", "card.txt", "prompts"} <= {f["path"] for f in listed["files"]}
+        finally:
+            ui.send_signal(signal.SIGTERM)  # `kill`: the exec'd server stops with its worker
+            ui.communicate(timeout=60)
+        with socket.socket() as probe:  # nothing listens on the port any more
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        hidden.rename(sweep)
