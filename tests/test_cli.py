@@ -107,3 +107,10 @@ def test_pareto_reference_must_name_every_objective(capsys, tmp_path):
     assert "missing interp/perplexity" in line
     line = one_line_error(capsys, ["pareto", str(folder), "--reference", "task/dev_metric"])
     assert "METRIC=NUMBER" in line
+
+
+def test_sweep_out_names_the_folder_and_the_error_names_the_flag(capsys, tmp_path):
+    folder = tmp_path / "runs" / "mine"
+    (folder / "tune").mkdir(parents=True)  # a sweep already ran here
+    line = one_line_error(capsys, ["sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke", "--out", str(folder)])
+    assert f"{folder} already holds sweep 'mine'" in line and "--resume" in line and "--out" in line

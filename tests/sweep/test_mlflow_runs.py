@@ -38,8 +38,13 @@ def sweep(tmp_path_factory):
         "training.steps": str(STEPS),
         "training.eval_interval": "2",
     }
-    summary = run_sweep(load_spec(REPO / "sweeps" / "quickstart.yaml", overrides, smoke=True))
-    ray.shutdown()
+    ray.shutdown()  # trial workers must see the variable below (start_ray passes SCRUTABLE_*)
+    os.environ["SCRUTABLE_PROGRESS_EVERY_S"] = "0"  # a step report at every step, between evaluations
+    try:
+        summary = run_sweep(load_spec(REPO / "sweeps" / "quickstart.yaml", overrides, smoke=True))
+    finally:
+        del os.environ["SCRUTABLE_PROGRESS_EVERY_S"]
+        ray.shutdown()
     assert not summary["interrupted"]
     return storage / "quickstart"
 
