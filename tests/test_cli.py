@@ -103,8 +103,8 @@ def test_pareto_reference_must_name_every_objective(capsys, tmp_path):
     folder = tmp_path / "quickstart"
     folder.mkdir()
     (folder / "spec.yaml").write_text((REPO / "sweeps" / "quickstart.yaml").read_text())
-    line = one_line_error(capsys, ["pareto", str(folder), "--reference", "task/dev_metric=0.5"])
-    assert "missing interp/perplexity" in line
+    line = one_line_error(capsys, ["pareto", str(folder), "--reference", "task/dev_objective=0.5"])
+    assert "missing interp/perplexity" in line and "unknown" not in line
     line = one_line_error(capsys, ["pareto", str(folder), "--reference", "task/dev_metric"])
     assert "METRIC=NUMBER" in line
 

@@ -3,7 +3,7 @@
     scrutable evaluate --task sst2 --model smollm2-135m --scorer smollm2-135m --prompt "Rate it:"
     scrutable train --method pez --task sst2 --model smollm2-135m --scorer smollm2-135m
     scrutable sweep sweeps/quickstart.yaml --out runs/quickstart
-    scrutable pareto runs/quickstart --reference task/dev_metric=0.5 --reference interp/perplexity=1e6
+    scrutable pareto runs/quickstart --reference task/dev_objective=0.5 --reference interp/perplexity=1e6
     scrutable ui runs/quickstart
     scrutable report runs/results/sst2_pez --out docs/results.md
 
@@ -71,7 +71,9 @@ def _reference(text: str) -> tuple[str, float]:
     except ValueError:
         number = float("nan")
     if not sep or not metric or number != number:
-        raise argparse.ArgumentTypeError(f"invalid reference {text!r}: write METRIC=NUMBER, e.g. task/dev_metric=0.5")
+        raise argparse.ArgumentTypeError(
+            f"invalid reference {text!r}: write METRIC=NUMBER, e.g. task/dev_objective=0.5"
+        )
     return metric.strip(), number
 
 
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="METRIC=VALUE",
         help="the hypervolume's reference point, one per objective (repeat), e.g. --reference "
-        "task/dev_metric=0.5 --reference interp/perplexity=1e6; compare sweeps' hypervolumes only "
+        "task/dev_objective=0.5 --reference interp/perplexity=1e6; compare sweeps' hypervolumes only "
         "under the same reference (default: 10%% beyond each sweep's worst trial)",
     )
     pareto.set_defaults(run=_pareto)

@@ -33,7 +33,7 @@ def events(progress, clock):
     clock.now += 10
     progress.trial_result("a1", {}, {keys.PROGRESS_STEP: 1})  # a step report: no line of its own
     clock.now += 10
-    progress.trial_result("a1", {}, {keys.TRAIN_STEP: 2, keys.TASK_DEV: 0.5, keys.PERPLEXITY: 1234.5})
+    progress.trial_result("a1", {}, {keys.TRAIN_STEP: 2, keys.TASK_DEV_OBJECTIVE: 0.5, keys.PERPLEXITY: 1234.5})
     progress.trial_completed("a1", {})
     progress.trial_started("b2", {"alpha": 0.3, "prompt_length": 6})
     clock.now += 5
@@ -49,7 +49,7 @@ def test_one_line_per_event_when_not_a_terminal(tmp_path):
     assert len(lines) == 5, lines  # started, evaluated, done, started, failed; no step-report line
     assert all(not re.search(r"\x1b\[", line) for line in lines)  # plain text for logs
     assert "trial a1 started (alpha=0, L=3)" in lines[0]
-    assert "trial a1 step 2: task/dev_metric=0.5, interp/perplexity=1234" in lines[1]
+    assert "trial a1 step 2: task/dev_objective=0.5, interp/perplexity=1234" in lines[1]
     # After 20 s, 2 of 4 steps: 20 s more at the same pace.
     assert lines[1].startswith("[    20s]") and "steps 2/4" in lines[1] and "ETA 20s" in lines[1]
     assert "1/2 trials done (0 failed)" in lines[2]
