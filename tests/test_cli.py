@@ -113,4 +113,4 @@ def test_sweep_out_names_the_folder_and_the_error_names_the_flag(capsys, tmp_pat
     folder = tmp_path / "runs" / "mine"
     (folder / "tune").mkdir(parents=True)  # a sweep already ran here
     line = one_line_error(capsys, ["sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke", "--out", str(folder)])
-    assert f"{folder} already holds sweep 'mine'" in line and "--resume" in line and "--out" in line
+    assert str(folder) in line and "already holds sweep 'mine'" in line and "--resume" in line and "--out" in line
