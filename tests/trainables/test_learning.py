@@ -42,7 +42,7 @@ def hard_keyword(monkeypatch, data_dir):
         with torch.no_grad():
             predicted = probe.output_logits(lm, start, probe.examples("train")).argmax(-1)
         label = 1 - int(predicted.float().mean().round())
-        monkeypatch.setitem(TASKS, "keyword", lambda d, s: keyword_task(data_dir, label))
+        monkeypatch.setitem(TASKS, "keyword", lambda d, s, *options: keyword_task(data_dir, label))
         monkeypatch.setitem(DEFAULT_SEEDS, "keyword", 0)
         return keyword_task(data_dir, label).evaluate(lm, start, "dev").metric
 

@@ -305,7 +305,7 @@ def direction_runs(tiny_lm, data_dir) -> dict[float, list[Evaluation]]:
     task = DirectionTask(embeddings, task_direction)
     runs: dict[float, list[Evaluation]] = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(tasks.TASKS, "direction", lambda data_dir, seed: task)
+        patch.setitem(tasks.TASKS, "direction", lambda data_dir, seed, *options: task)
         for alpha in (0.0, 4.0):
             # A 10x wider reward shaping than the reference's (0..5) and a high learning rate
             # let the reward outweigh the loss's initial value offset (~log V per step) in a
