@@ -166,6 +166,7 @@ def build_card(
         unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids)))
     by_distance = {kind: nearest_tokens(prompt, embeddings, kind).distance_differential for kind in Distance}
     ids = unembedded.token_ids
+    perplexity = scorer.submit_perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])  # runs meanwhile
     hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
     if is_soft:
         soft = task.evaluate(lm, prompt, split, limit=limit, batch_size=batch_size)
@@ -173,7 +174,7 @@ def build_card(
         output = output_differential(task, lm, prompt, ids, probe)
     else:
         soft, output = hard, OutputDifferential(mse=0.0, mse_verbalizer=0.0, top1_agreement=1.0)
-    ppl = scorer.perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])[0]
+    ppl = perplexity.result()[0]
     tokenizer = lm.tokenizer
     rows = [
         TokenRow(int(t), str(tokenizer.decode([int(t)])), float(d))

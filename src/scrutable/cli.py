@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -289,6 +290,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # "finished in N s" counts from here, Ray's start-up included
     from scrutable.config import parse_overrides
     from scrutable.sweep.launcher import run_sweep
     from scrutable.sweep.spec import load_spec
@@ -299,7 +301,7 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides.update(storage=json.dumps(str(out.parent)), name=json.dumps(out.name))  # JSON is YAML
     spec = load_spec(args.spec, overrides, smoke=args.smoke)
     try:
-        summary = run_sweep(spec, resume=args.resume, address=args.address)
+        summary = run_sweep(spec, resume=args.resume, address=args.address, started=started)
     finally:
         import ray
 

@@ -91,3 +91,14 @@ class _SixtyTokenView:
 
     def __getattr__(self, name):
         return getattr(self._tokenizer, name)
+
+
+def test_local_submit_gives_the_blocking_answers(tiny_gpt2):
+    scorer = LocalScorer(tiny_gpt2)
+    requests = [ScoreRequest(token_ids=(15496, 995)), ScoreRequest(text="Hello world")]
+    pending_values = scorer.submit_perplexity(requests)
+    pending_gradients = scorer.submit_gradients([[15496, 995, 318]])
+    assert pending_values.result() == scorer.perplexity(requests)
+    (got,) = pending_gradients.result()
+    (expected,) = scorer.perplexity_gradients([[15496, 995, 318]])
+    assert got.result == expected.result and (got.onehot_grad == expected.onehot_grad).all()

@@ -1,6 +1,6 @@
 """End-to-end sweeps on tiny models: Optuna's study really has two directions, MLflow
-holds one parent and one child per trial, the scorer actor is one instance whose batches
-mix trials, the Pareto files exist, every shipped spec runs in smoke mode, and a killed
+holds one parent and one child per trial, one scorer actor serves every trial (its batching:
+test_scorer_actor.py), the Pareto files exist, every shipped spec runs in smoke mode, and a killed
 driver resumes without re-running finished trials or duplicating MLflow runs."""
 
 import json
@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -117,33 +116,6 @@ def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
         assert float(row["task/test_metric"]) == pytest.approx(card["metric_unembedded"])
         assert [float(row[m]) for m in spec.metric_names] == pytest.approx(trials[trial_id].values)
         assert runs[trial_id].data.metrics["interp/perplexity"] == pytest.approx(card["perplexity"])
-
-
-def test_scorer_actor_batches_across_trials(tmp_path):
-    from scrutable.metrics.perplexity import ScoreRequest
-    from scrutable.sweep.launcher import start_ray
-    from scrutable.sweep.scorer_actor import ActorScorer, start_scorer
-
-    spec = smoke_spec("quickstart.yaml", tmp_path)
-    start_ray(spec)
-    actor = start_scorer(
-        "batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0, max_batch=64, max_wait_ms=200
-    )
-    again = start_scorer(
-        "batching", "tiny-gpt2", os.environ["SCRUTABLE_DATA_DIR"], num_gpus=0, max_batch=64, max_wait_ms=200
-    )
-    assert actor._actor_id == again._actor_id  # get_if_exists: one instance per sweep
-
-    def trial(name):  # four trials' clients sending at once, as concurrent trials do
-        scorer = ActorScorer("batching", name)
-        return [r.perplexity for r in scorer.perplexity([ScoreRequest(token_ids=(15496, 995, 318))] * 3)]
-
-    with ThreadPoolExecutor(4) as pool:
-        values = list(pool.map(trial, [f"trial-{i}" for i in range(4)]))
-    assert all(v == pytest.approx(values[0][0]) for row in values for v in row)
-    stats = ray.get(actor.batch_stats.remote())
-    assert stats["trials"] == 4 and stats["mixed_batch_share"] > 0 and stats["mean_batch_size"] > 3
-    ray.kill(actor, no_restart=True)
 
 
 @pytest.mark.parametrize(

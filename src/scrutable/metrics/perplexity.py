@@ -17,15 +17,20 @@ the input embedding of token i and the path through its use as the target at pos
 Only shared vocabularies can pass such a gradient back to a task model's prompt.
 
 `Scorer` is the interface every trainable talks to; `LocalScorer` runs in process, and the
-sweep engine puts the same interface in front of one shared Ray actor.
+sweep engine puts the same interface in front of one shared Ray actor. Besides the blocking
+calls, a scorer takes requests without blocking (`submit_perplexity`, `submit_gradients`)
+and returns a `Pending` handle that the loop resolves with `.result()` once it needs the
+answer: a loop issues its request first and runs its own task forward meanwhile, so a
+shared actor sees the concurrent trials' requests together and batches them. In process
+there is nothing to overlap with, so `LocalScorer` computes when the handle is resolved.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +61,29 @@ class PerplexityGradient:
     onehot_grad: np.ndarray  # (L, V) d mean_nll / d one-hot token choice
 
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Pending(Protocol[T_co]):
+    """An answer on its way: `.result()` blocks until it is there."""
+
+    def result(self) -> T_co: ...
+
+
+class Deferred(Generic[T]):
+    """A `Pending` computed in this process on the first `.result()` (and kept)."""
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute: Callable[[], T] | None = compute
+        self._value: T | None = None
+
+    def result(self) -> T:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value  # type: ignore[return-value]  # set above
+
+
 class Scorer(Protocol):
     name: str
     vocab_signature: str
@@ -63,6 +91,10 @@ class Scorer(Protocol):
     def perplexity(self, requests: Sequence[ScoreRequest]) -> list[PerplexityResult]: ...
 
     def perplexity_gradients(self, token_ids: Sequence[Sequence[int]]) -> list[PerplexityGradient]: ...
+
+    def submit_perplexity(self, requests: Sequence[ScoreRequest]) -> Pending[list[PerplexityResult]]: ...
+
+    def submit_gradients(self, token_ids: Sequence[Sequence[int]]) -> Pending[list[PerplexityGradient]]: ...
 
 
 def score_request(token_ids: Sequence[int], task_lm: LanguageModel, scorer_signature: str) -> ScoreRequest:
@@ -133,6 +165,14 @@ class LocalScorer:
         for start in range(0, len(token_ids), self.max_batch):
             results.extend(onehot_gradients(self.lm, token_ids[start : start + self.max_batch]))
         return results
+
+    def submit_perplexity(self, requests: Sequence[ScoreRequest]) -> Pending[list[PerplexityResult]]:
+        requests = list(requests)
+        return Deferred(lambda: self.perplexity(requests))
+
+    def submit_gradients(self, token_ids: Sequence[Sequence[int]]) -> Pending[list[PerplexityGradient]]:
+        token_ids = [list(ids) for ids in token_ids]
+        return Deferred(lambda: self.perplexity_gradients(token_ids))
 
     def _ids(self, request: ScoreRequest) -> list[int]:
         if request.token_ids is not None:

@@ -212,7 +212,11 @@ def _loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = previous_env
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec, *, resume: bool = False, address: str | None = None, started: float | None = None
+) -> dict[str, Any]:
+    """Run the sweep; `started` (time.monotonic() at the command's start) times the summary."""
+    started = time.monotonic() if started is None else started  # before Ray's start-up, which it counts
     import ray
     from ray import tune
 
@@ -247,7 +251,6 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     uri = spec.tracking.uri or tracking.default_uri(folder)
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
-    started = time.monotonic()
     actor = start_scorer(
         spec.name,
         spec.scorer,
@@ -255,6 +258,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         num_gpus=spec.scorer_resources.gpu,
         max_batch=spec.scorer_resources.max_batch,
         max_wait_ms=spec.scorer_resources.max_wait_ms,
+        stats_path=str(folder / "scorer_stats.json"),  # the counts survive actor restarts and --resume
     )
     example_config = spec.trial_config(spec.space.example_point())
     progress = SweepProgress(spec, steps_per_trial=example_config.steps)

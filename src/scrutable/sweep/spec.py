@@ -82,7 +82,9 @@ class Resources:
 class ScorerResources:
     gpu: float = 0.0  # fractional on GPU clusters; the actor takes no CPU slot
     max_batch: int = 64  # sequences per forward pass
-    max_wait_ms: float = 20.0  # how long a request waits for others to join its batch
+    # Longest a request waits for other trials' requests to join its batch; it never waits
+    # longer than its loop leaves it unresolved (its slack), so a blocking call never waits.
+    max_wait_ms: float = 2000.0
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
-from scrutable.metrics.perplexity import Scorer
+from scrutable.metrics.perplexity import PerplexityGradient, Scorer
 from scrutable.metrics.unembed import Distance, project_to_vocabulary
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks import sample_batch
@@ -91,9 +91,10 @@ def check_compatible(s: Setup, config: PezConfig) -> None:
         )
 
 
-def scorer_term(s: Setup, config: PezConfig, prompt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+def scorer_term(
+    s: Setup, config: PezConfig, prompt: torch.Tensor, answer: PerplexityGradient
+) -> tuple[torch.Tensor, float]:
     """(differentiable surrogate with the term's value, perplexity) via the scorer's G."""
-    (answer,) = s.scorer.perplexity_gradients([ids.tolist()])
     grad = torch.from_numpy(answer.onehot_grad).to(prompt.dtype)  # (L, V)
     value = answer.result.mean_nll
     if config.perplexity_term == "raw":
@@ -145,11 +146,13 @@ def run(
     while not loop.done:
         batch = sample_batch(train, config.batch_size, loop.generator)
         ids, projected = project_to_vocabulary(prompt, embeddings, Distance.COSINE)
+        uses_scorer = config.alpha > 0 and config.perplexity_source == "scorer"
+        gradient = s.scorer.submit_gradients([ids.tolist()]) if uses_scorer else None  # computed meanwhile
         task_loss = s.task.loss(s.lm, projected, batch)
         loss = task_loss
         if config.alpha > 0:
-            if config.perplexity_source == "scorer":
-                term, _ = scorer_term(s, config, prompt, ids)
+            if gradient is not None:
+                term, _ = scorer_term(s, config, prompt, gradient.result()[0])
             else:
                 term, _ = task_model_term(s.lm, config, projected, ids)
             loss = task_loss + config.alpha * term

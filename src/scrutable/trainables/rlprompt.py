@@ -278,10 +278,12 @@ def run(
         ids, logits = policy.sample(
             config.prompts_per_step, config.prompt_length, start, top_k=config.top_k, generator=loop.generator
         )  # (P, L), (P, L, V) with grad
+        requests = [score_request(row, s.lm, s.scorer.vocab_signature) for row in ids.tolist()]
+        pending = s.scorer.submit_perplexity(requests)  # computed during the two forwards below
         with torch.no_grad():
             target_logits = target.forward_logits(ids, start)  # (P, L, V), teacher-forced
         scored = s.task.reward(s.lm, ids, batch)  # rewards, metric: (P,) each
-        perplexities = s.scorer.perplexity([score_request(row, s.lm, s.scorer.vocab_signature) for row in ids.tolist()])
+        perplexities = pending.result()
         rewards = combine_rewards(scored.rewards, perplexity_terms(perplexities, config.perplexity_term), config)
         loss, _ = soft_q_loss(logits, target_logits, ids, rewards, lengths, impl=config.sql_impl)
         optimizer.zero_grad()
