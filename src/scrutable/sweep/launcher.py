@@ -136,6 +136,13 @@ def _searcher_class() -> Any:
             # Before `tell`: a finished Optuna trial takes no more attributes.
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials:
+                # A driver killed after `tell` but before saving this searcher's state: the
+                # study already holds the trial's record; a second one would fail (or duplicate).
+                study: Any = self._ot_study
+                finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+                if ot_trial.number in finished:
+                    self._completed_trials.add(trial_id)
+                    return
                 for key in (keys.PROMPT_TEXT, keys.PROMPT_TOKEN_IDS, keys.TASK_TEST):
                     if result and result.get(key) is not None:
                         ot_trial.set_user_attr(key, result[key])
