@@ -7,6 +7,7 @@ reaches for it fails fast instead of hanging.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The per-user key that signs sweep state (sweep/trust.py): one per test session, not ~/.config.
+os.environ.setdefault("SCRUTABLE_STATE_KEY", str(Path(tempfile.mkdtemp(prefix="scrutable-key-")) / "state.key"))
 
 REPO = Path(__file__).resolve().parents[1]
 

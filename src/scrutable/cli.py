@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from scrutable.errors import UserError
+from scrutable.paths import check_writable
 
 if TYPE_CHECKING:
     import torch
 
+    from scrutable.models import LanguageModel
     from scrutable.sweep.spec import SweepSpec
 
 
@@ -147,14 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     sweep = commands.add_parser("sweep", help="run (or --resume) a sweep from sweeps/*.yaml")
-    sweep.add_argument("spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml")
+    sweep.add_argument(
+        "spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml, or (with --resume) a sweep folder"
+    )
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted sweep with the spec stored in its folder (only concurrency may change). "
+        "SECURITY: resuming unpickles the folder's Ray Tune state, which runs code; only folders whose "
+        "state this user signed (the key in ~/.config/scrutable/state.key) are resumed",
+    )
+    sweep.add_argument(
+        "--trust-folder",
+        action="store_true",
+        help="with --resume: skip the signature check (only for a folder you know is safe)",
+    )
     sweep.add_argument(
         "--out",
         type=Path,
         default=None,
         help="the sweep folder (default: the spec's storage/name, e.g. runs/quickstart); its last part names the sweep",
     )
-    sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
     sweep.add_argument(
         "--set",
         action="append",
@@ -221,17 +236,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     if args.soft_prompt is not None and not args.soft_prompt.is_file():
         raise UserError(f"soft prompt file {args.soft_prompt} does not exist")
+    if args.json is not None:
+        check_writable(args.json, "--json", folder=False)
     task = get_task(args.task, data_dir=args.data_dir, seed=args.data_seed)
     lm = load_model(args.model, data_dir=args.data_dir)
     scorer = args.scorer or default_scorer()
     scorer_lm = lm if scorer == args.model else load_model(scorer, data_dir=args.data_dir)
     if args.prompt is not None:
-        ids = lm.tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+        ids = lm.tokenizer(args.prompt, add_special_tokens=False, verbose=False)["input_ids"]
         if not ids:
             raise UserError("--prompt is empty: give at least one token of text")
         prompt, is_soft = lm.embedding_matrix[torch.tensor(ids)], False
     else:
         prompt, is_soft = load_soft_prompt(args.soft_prompt, lm.hidden_size), True
+    check_prompt_fits(lm, prompt.shape[0], "--prompt" if args.prompt is not None else str(args.soft_prompt))
     card = build_card(
         task,
         lm,
@@ -268,6 +286,13 @@ def _train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(parse_overrides(args.set))
     config = from_mapping(method.config_cls, values, where=f"{args.method} config")
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=True)
+    from scrutable.tasks import get_task
+    from scrutable.trainables.common import cached_model
+
+    get_task(config.task, data_dir=config.data_dir, seed=config.data_seed)  # a bad task fails before the bar
+    check_prompt_fits(cached_model(config.model, config.data_dir), config.prompt_length, "--prompt-length")
     with tqdm(total=config.steps, desc=args.method, unit="step") as bar:
 
         def progress(step: int, shown: dict[str, float]) -> None:
@@ -296,17 +321,30 @@ def _sweep(args: argparse.Namespace) -> int:
     from scrutable.sweep.spec import load_spec
 
     overrides = parse_overrides(args.set)
+    if args.trust_folder and not args.resume:
+        raise UserError("--trust-folder only applies with --resume")
     if args.out is not None:  # the folder is storage/name: --out runs/x is storage=runs, name=x
         out = args.out.expanduser().resolve()
         overrides.update(storage=json.dumps(str(out.parent)), name=json.dumps(out.name))  # JSON is YAML
-    spec = load_spec(args.spec, overrides, smoke=args.smoke)
+    if args.spec.is_dir():  # a sweep folder: its stored spec, re-rooted where the folder is now
+        from scrutable.sweep.resume import stored_spec
+
+        if not args.resume:
+            raise UserError(f"{args.spec} is a sweep folder: pass --resume to finish it, or a sweep file to start one")
+        spec = stored_spec(args.spec, overrides)
+    else:
+        spec = load_spec(args.spec, overrides, smoke=args.smoke)
     try:
-        summary = run_sweep(spec, resume=args.resume, address=args.address, started=started)
+        summary = run_sweep(
+            spec, resume=args.resume, address=args.address, started=started, trust_folder=args.trust_folder
+        )
     finally:
         import ray
 
         ray.shutdown()
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    return 1 if summary["all_failed"] else 0
 
 
 def _sweep_folder_spec(folder: Path) -> SweepSpec:
@@ -340,6 +378,7 @@ def _pareto(args: argparse.Namespace) -> int:
                 )
             )
         reference = [given[m] for m in spec.metric_names]
+    check_writable(args.out or args.folder / "pareto", "--out", folder=True)
     records = collect_trials(args.folder.resolve(), spec)
     summary = export_pareto(records, spec, args.out or args.folder / "pareto", reference=reference)
     print(render_summary(summary))
@@ -359,6 +398,18 @@ def _ui(args: argparse.Namespace) -> int:
     return serve(args.folder, args.port, open_browser=not args.no_browser)
 
 
+def check_prompt_fits(lm: LanguageModel, length: int, what: str) -> None:
+    """A prompt may take at most half the model's context: the task input needs the rest."""
+    from scrutable.models import max_positions
+
+    positions = max_positions(lm)
+    if positions is not None and length > positions // 2:
+        raise UserError(
+            f"{what} is {length} tokens, too long for {lm.name}'s {positions}-position context (the task input "
+            f"needs room too): use at most {positions // 2} tokens"
+        )
+
+
 def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:
     """A soft prompt file: a (L, D) tensor, or a dict holding one under 'prompt'."""
     import torch
@@ -373,6 +424,10 @@ def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:
         loaded = loaded.get("prompt")
     if not isinstance(loaded, torch.Tensor) or loaded.dim() != 2:
         raise UserError(f"{path} holds no (L, D) prompt tensor: save a 2-D tensor or {{'prompt': tensor}}")
+    if loaded.shape[0] == 0:
+        raise UserError(f"{path} holds a prompt of 0 vectors: save at least one row")
+    if not loaded.is_floating_point() or not bool(torch.isfinite(loaded).all()):
+        raise UserError(f"{path} holds NaN, infinite or non-float values: save a finite float prompt")
     if loaded.shape[1] != hidden_size:
         raise UserError(
             f"{path} has vectors of width {loaded.shape[1]} but the model's embeddings are {hidden_size} wide: "
@@ -387,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except UserError as exc:
-        print(f"scrutable: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a value in it held
+        print(f"scrutable: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("scrutable: interrupted", file=sys.stderr)

@@ -22,8 +22,8 @@ from scrutable.errors import UserError
 T = TypeVar("T")
 
 
-def suggest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+def suggest(name: Any, valid: list[str] | tuple[str, ...]) -> str:
+    match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
     return f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(sorted(valid))}"
 
 
@@ -34,7 +34,7 @@ def from_mapping(cls: type[T], values: Mapping[str, Any], *, where: str = "confi
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise UserError(f"unknown key '{key}' in {where}: {suggest(key, tuple(fields))}")
+            raise UserError(f"unknown key {key!r} in {where}: {suggest(key, tuple(fields))}")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -108,6 +109,17 @@ class LanguageModel:
         return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
 
 
+def max_positions(lm: LanguageModel) -> int | None:
+    """The longest input the model's position embeddings cover, or None (T5's relative
+    positions have no hard limit)."""
+    config = lm.model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_model(name_or_dir: str, *, data_dir: str | Path | None = None) -> LanguageModel:
     """Load a frozen causal or seq2seq LM by hub name, local directory or built-in name."""
     if name_or_dir == "tiny-gpt2":
@@ -117,6 +129,39 @@ def load_model(name_or_dir: str, *, data_dir: str | Path | None = None) -> Langu
     if name_or_dir == "smollm2-135m":
         return _load_smollm2()
     return _freeze(_load_pretrained(name_or_dir), name_or_dir)
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def check_model_name(name: str, what: str = "model") -> None:
+    """Fail now, without loading anything, on a name `load_model` could never resolve.
+
+    The same rules as `load_model`: a built-in name, an existing local folder, or a
+    hub-looking name (`owner/name` or `name`). With the hub switched off
+    (`HF_HUB_OFFLINE=1`) a hub name must already be in the local Hugging Face cache.
+    Lets a sweep refuse a misspelled model before Ray starts, not in every trial.
+    """
+    if name in (*BUILTIN_MODELS, "minilm"):
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"{what} directory {local} does not exist: pass an existing folder or a built-in name")
+    if not HUB_NAME.fullmatch(name):
+        raise UserError(
+            f"{what} '{name}' is neither a built-in name ({', '.join(BUILTIN_MODELS)}), a local folder "
+            "nor a hub name: fix the name"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UserError(
+                f"{what} '{name}' is not in the local cache and the hub is offline (HF_HUB_OFFLINE): use a "
+                f"built-in name ({', '.join(BUILTIN_MODELS)}) or a local folder"
+            )
 
 
 def _load_pretrained(name_or_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -54,3 +54,27 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_writable(path: Path, what: str, *, folder: bool) -> None:
+    """Fail before the work, not after it, when `path` (a file or a folder) cannot be written.
+
+    Creates nothing: it checks that an existing path has the right kind and that the nearest
+    existing parent is a writable folder."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a folder: pass a folder path")
+        if not folder and path.is_dir():
+            raise UserError(f"{what} {path} is a folder: pass a file path")
+        target = path if folder else path.parent
+        if not os.access(target if target.exists() else path, os.W_OK):
+            raise UserError(f"{what} {path} is not writable: pass a path you can write")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be created: {parent} is not writable")

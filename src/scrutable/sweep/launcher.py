@@ -92,12 +92,43 @@ def make_searcher(spec: SweepSpec, folder: Path, tracking: tuple[str, str] | Non
 
 
 def _searcher_class() -> Any:
+    import pickle
+
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     from scrutable.sweep.tracking import find_run
 
     class LinkedOptunaSearch(OptunaSearch):
-        """OptunaSearch whose study trials name their Tune trial and their prompt."""
+        """OptunaSearch whose study trials name their Tune trial and their prompt, and whose
+        saved state names no storage, so a resumed copy of a sweep folder stays a copy.
+
+        Ray's `OptunaSearch.save` pickles the study with its storage URL, and `restore`
+        brings that URL back: a copied or moved sweep folder would then write into the
+        original's `optuna.db` (unpickling alone opens it). Here the saved state keeps the
+        sampler, the pending trials' ids and the bookkeeping, and `restore` binds them to
+        the study (and MLflow link) of the searcher built for the folder being resumed.
+        """
+
+        _BOUND_TO_FOLDER = ("_ot_study", "_storage", "tracking")
+
+        def save(self, checkpoint_path: str) -> None:
+            state = {k: v for k, v in self.__dict__.items() if k not in self._BOUND_TO_FOLDER}
+            state["_ot_trials"] = {trial_id: trial._trial_id for trial_id, trial in self._ot_trials.items()}
+            with open(checkpoint_path, "wb") as handle:
+                pickle.dump(state, handle)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as handle:
+                state = pickle.load(handle)
+            trial_ids = state.pop("_ot_trials")
+            self.__dict__.update(state)
+            assert self._storage is not None  # make_searcher always passes the folder's storage
+            study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+            self._ot_study = study  # type: ignore[assignment]
+            self._ot_trials = {
+                trial_id: optuna.trial.Trial(study, optuna_id) for trial_id, optuna_id in trial_ids.items()
+            }
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
             params: dict[str, Any] | None = super().suggest(trial_id)
@@ -111,6 +142,13 @@ def _searcher_class() -> Any:
             # Before `tell`: a finished Optuna trial takes no more attributes.
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials:
+                # A driver killed after `tell` but before saving this searcher's state: the
+                # study already holds the trial's record; a second one would fail (or duplicate).
+                study: Any = self._ot_study
+                finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+                if ot_trial.number in finished:
+                    self._completed_trials.add(trial_id)
+                    return
                 for key in (keys.PROMPT_TEXT, keys.PROMPT_TOKEN_IDS, keys.TASK_TEST):
                     if result and result.get(key) is not None:
                         ot_trial.set_user_attr(key, result[key])
@@ -161,7 +199,9 @@ def start_ray(spec: SweepSpec, address: str | None = None) -> None:
     }
     if address is None:
         with _loopback_only():
-            ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
+            # "local": always this sweep's own Ray; without an address, ray.init joins the
+            # newest cluster recorded in /tmp/ray (another user's sweep on this machine).
+            ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **options)
         return
     _check_reachable(address)
     try:
@@ -212,15 +252,103 @@ def _loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = previous_env
 
 
+def check_storage(folder: Path) -> None:
+    """The sweep folder must be creatable and writable: checked before anything is written."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"storage {existing} is a file, not a folder: set storage to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"storage {existing} is not writable: set storage to a folder you can write")
+
+
+def make_search_alg(spec: SweepSpec, folder: Path, location: str, tracking: tuple[str, str] | None = None) -> Any:
+    """Tune's search chain (generator, concurrency limit, Optuna), re-bound to `folder` on resume.
+
+    On restore, Ray's `SearchGenerator` brings back its pickled `Experiment`, whose storage
+    (where new trials are created) and trial config name the folder that first ran the
+    sweep, and the `ConcurrencyLimiter` brings back the old limit. Here both are replaced
+    by this run's: new trials land in `folder`, with this run's concurrency (the spec itself
+    reaches trials through the trainable, `with_spec`, which `Tuner.restore` takes fresh)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    limiter = ConcurrencyLimiter(make_searcher(spec, folder, tracking), max_concurrent=spec.concurrency)
+
+    class FolderSearchGenerator(SearchGenerator):
+        def restore_from_dir(self, dirpath: str) -> None:
+            super().restore_from_dir(dirpath)
+            experiment: Any = self._experiment
+            old = experiment.storage
+            storage = StorageContext(
+                storage_path=location.rsplit("/", 1)[0], experiment_dir_name=old.experiment_dir_name
+            )
+            storage._timestamp = old._timestamp  # the restored run keeps its staging folder
+            experiment.storage = storage
+            experiment.spec["storage"] = storage
+            limiter.max_concurrent = spec.concurrency  # restored with the old limit
+
+    return FolderSearchGenerator(limiter)
+
+
+def build_tuner(
+    spec: SweepSpec,
+    folder: Path,
+    location: str,
+    trainable: Any,
+    callbacks: list[Any],
+    tracking: tuple[str, str] | None = None,
+    *,
+    resume: bool,
+) -> Any:
+    """A Tuner for `folder`, built from this run's objects even when resuming.
+
+    `Tuner.restore` would bring back the callbacks and searcher pickled in `tuner.pkl`, with
+    the absolute paths of the folder that first ran the sweep. Building a Tuner first
+    rewrites `tuner.pkl` (under `location`, Tune's experiment: a path or a URI) with fresh
+    ones bound to `folder`; `restore` then reads that file,
+    continues the trials from the experiment state and restores the searcher's state into
+    the fresh searcher (`LinkedOptunaSearch.restore`)."""
+    from ray import tune
+
+    from scrutable.sweep import storage
+
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_search_alg(spec, folder, location, tracking),  # limits concurrency itself
+            num_samples=spec.trials,
+        ),
+        run_config=tune.RunConfig(
+            name=storage.TUNE_NAME,
+            storage_path=location.rsplit("/", 1)[0],  # pyarrow opens a URI; a path is local
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
+        ),
+    )
+    if not resume:
+        return tuner
+    return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
+
+
 def run_sweep(
-    spec: SweepSpec, *, resume: bool = False, address: str | None = None, started: float | None = None
+    spec: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    started: float | None = None,
+    trust_folder: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep; `started` (time.monotonic() at the command's start) times the summary."""
     started = time.monotonic() if started is None else started  # before Ray's start-up, which it counts
     import ray
     from ray import tune
 
-    from scrutable.sweep import storage, tracking
+    from scrutable.sweep import resume as resuming
+    from scrutable.sweep import storage, tracking, trust
     from scrutable.sweep.frontier import export_pareto, render_summary
     from scrutable.sweep.progress import SweepProgress, TuneProgress, stop_all
     from scrutable.sweep.results import collect_trials
@@ -233,22 +361,31 @@ def run_sweep(
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     folder = spec.folder()  # the driver's files
     location = spec.tune_location()  # Tune's experiment: <storage>/<name>/tune, a path or a URI
+    tune_dir = folder / storage.TUNE_NAME  # local: the experiment itself; URI storage: its copy
+    local = not storage.is_uri(location)
     storage.check_ray_client(
         address or os.environ.get("RAY_ADDRESS"), spec.storage, spec.tracking.uri, spec.optuna_storage
     )
+    check_storage(folder)
     storage.check_writable(spec.storage)
-    if resume and not tune.Tuner.can_restore(location):
-        raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
-    if not resume and (tune.Tuner.can_restore(location) if storage.is_uri(location) else Path(location).exists()):
+    if resume:
+        if not tune.Tuner.can_restore(location):
+            raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
+        resuming.check_compatible(resuming.stored_spec(folder), spec, folder)  # before spec.yaml changes
+        if local and not trust_folder:
+            trust.verify(tune_dir)  # before Ray unpickles anything from the folder
+    elif tune.Tuner.can_restore(location) if not local else Path(location).exists():
         raise UserError(
             f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or --out NEW_FOLDER "
             "to start another"
         )
+    uri = spec.tracking.uri or tracking.default_uri(folder)
+    if spec.tracking.uri:  # a server: check it answers before creating anything on disk
+        tracking.check_reachable(uri)
     start_ray(spec, address)
     storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    uri = spec.tracking.uri or tracking.default_uri(folder)
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
     actor = start_scorer(
@@ -274,33 +411,19 @@ def run_sweep(
     }
     mlflow_callback = tracking.MlflowTracking(uri, experiment_id, parent_id, params, list(spec.search), folder)
     callbacks = [mlflow_callback, TuneProgress(progress)]
+    if local:  # URI storage: the state lives in the bucket, whose access control guards it
+        callbacks.append(trust.signer_callback(tune_dir))
     wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
-    if resume:
-        tuner = tune.Tuner.restore(location, trainable=wrapped, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            wrapped,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec, folder, tracking=(uri, experiment_id)),
-                num_samples=spec.trials,
-                max_concurrent_trials=spec.concurrency,
-            ),
-            run_config=tune.RunConfig(
-                name=storage.TUNE_NAME,
-                storage_path=location.rsplit("/", 1)[0],  # pyarrow opens a URI; a path is local
-                callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=0,
-            ),
-        )
-    with sigterm_as_interrupt():
-        try:
+    tuner = build_tuner(spec, folder, location, wrapped, callbacks, (uri, experiment_id), resume=resume)
+    try:
+        with sigterm_as_interrupt():
             tuner.fit()
-        finally:
-            stop_all()
+    finally:
+        stop_all()
+        if local:
+            trust.sign(tune_dir)
 
     # --- cleanup ------------------------------------------------------------------------
     stats = ray.get(actor.batch_stats.remote())
@@ -309,7 +432,9 @@ def run_sweep(
     if storage.is_uri(location):  # the export reads a local copy of the experiment
         storage.mirror(location, folder / storage.TUNE_NAME)
     records = collect_trials(folder, spec)
+    lost = mlflow_callback.repair(records)  # fill MLflow from Tune's results
     finished = sum(r.status in ("TERMINATED", "ERROR") for r in records)
+    failed = sum(r.status == "ERROR" for r in records)
     summary_data = export_pareto(records, spec, folder / "pareto")
     summary: dict[str, Any] = {
         "sweep": spec.name,
@@ -317,18 +442,31 @@ def run_sweep(
         "tune_storage": location,
         "wall_time_s": round(elapsed, 1),
         "trials_finished": finished,
+        "trials_failed": failed,
         "trials_planned": spec.trials,
         "scorer": stats,
         "tracking_uri": uri,
         "optuna_storage": optuna_storage_url(spec, folder),
         "mlflow_failed_writes": mlflow_callback.failed_writes,
+        "mlflow_retried_writes": mlflow_callback.retried_writes,
+        "mlflow_lost_writes": lost,
     }
     print(render_summary(summary_data))
     print(
         f"scorer actor: {stats['batches']} batches, mean batch {stats['mean_batch_size']:.2f} sequences, "
-        f"{stats['mixed_batch_share']:.0%} mixed trials"
+        f"{stats['mixed_batch_share']:.0%} mixed trials (counted since the actor last started)"
     )
-    interrupted = finished < min(spec.trials, len(records)) or len(records) < spec.trials
+    if lost:
+        print(
+            f"warning: {len(lost)} MLflow write(s) could not be made after retries and repair: "
+            + "; ".join(lost[:5])
+            + (" ..." if len(lost) > 5 else ""),
+            flush=True,
+        )
+    elif mlflow_callback.failed_writes:
+        print(f"MLflow: {mlflow_callback.failed_writes} write(s) failed at first and were repaired from Tune's results")
+    interrupted = len(records) < spec.trials or finished < len(records)
+    all_failed = not interrupted and failed == len(records)
     try:
         tracking.finish_parent(
             uri,
@@ -338,13 +476,16 @@ def run_sweep(
             hypervolume=summary_data.hypervolume,
             frontier_size=len(summary_data.frontier),
             files=list(summary_data.files.values()),
-            finished=not interrupted,
+            status=None if interrupted else ("FAILED" if all_failed else "FINISHED"),
         )
     except Exception as exc:  # the results are on disk; the parent run is a view of them
         print(f"warning: could not write the parent MLflow run ({type(exc).__name__}: {exc})", file=sys.stderr)
+    summary["interrupted"] = interrupted
+    summary["all_failed"] = all_failed
     if interrupted:
         print(f"sweep interrupted after {elapsed:.0f} s: run `scrutable sweep <spec> --resume` to finish it")
+    elif all_failed:
+        print(f"sweep failed: every one of its {failed} trials failed (reasons above); nothing to compare")
     else:
         print(f"sweep finished in {elapsed:.0f} s; MLflow: scrutable ui {folder}")
-    summary["interrupted"] = interrupted
     return summary

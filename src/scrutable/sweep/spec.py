@@ -36,6 +36,7 @@ overrides are type-checked like the file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,12 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.cpu) and self.cpu > 0):
+            raise ValueError(f"resources.cpu must be a positive number of cores, got {self.cpu}")
+        if not (math.isfinite(self.gpu) and self.gpu >= 0):
+            raise ValueError(f"resources.gpu must be >= 0, got {self.gpu}")
+
 
 @dataclass(frozen=True)
 class ScorerResources:
@@ -85,6 +92,14 @@ class ScorerResources:
     # Longest a request waits for other trials' requests to join its batch; it never waits
     # longer than its loop leaves it unresolved (its slack), so a blocking call never waits.
     max_wait_ms: float = 2000.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gpu) and self.gpu >= 0):
+            raise ValueError(f"scorer_resources.gpu must be >= 0, got {self.gpu}")
+        if self.max_batch < 1:
+            raise ValueError(f"scorer_resources.max_batch must be at least 1, got {self.max_batch}")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"scorer_resources.max_wait_ms must be >= 0, got {self.max_wait_ms}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,9 @@ class SweepSpec:
     storage: str = "runs"  # a path (the sweep folder is storage/name) or a URI for Tune (see sweep/storage.py)
     local_dir: str = "runs"  # the driver's files (MLflow, Optuna, pareto/) when storage is a URI
     optuna_storage: str | None = None  # default: sqlite:///<sweep folder>/optuna.db
-    max_failures: int = 0  # retries of a failed trial (e.g. a killed worker), from its checkpoint
+    # Retries of a failed trial from its last checkpoint: at least one by default, so a killed
+    # trial worker (OOM killer, a lost node) continues instead of failing for good.
+    max_failures: int = 1
     smoke: dict[str, Any] = field(default_factory=dict)  # `--smoke` overrides (tiny models, few steps)
 
     def __post_init__(self) -> None:
@@ -145,6 +162,8 @@ class SweepSpec:
             raise ValueError(f"objectives name a metric twice: {metrics}")
         if self.trials < 1 or self.concurrency < 1:
             raise ValueError("trials and concurrency must be at least 1")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0 (retries per trial), got {self.max_failures}")
         if self.sampler is Sampler.GRID and self.space.grid_size() < 1:
             raise ValueError("the grid is empty")
 
@@ -214,23 +233,62 @@ def spec_from_config(value: Any) -> SweepSpec:
     return from_mapping(SweepSpec, value, where="trial config")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, list | dict):
+            continue  # an unhashable key; the base constructor reports it
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML -> Python, with duplicate keys and syntax errors as one UserError line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise UserError(f"{where} is not valid YAML{line} ({problem}): fix it") from None
+
+
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smoke: bool = False) -> SweepSpec:
     """Parse, override, validate. Every problem is one UserError line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file {path} does not exist: pass a file from sweeps/")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): re-save it as UTF-8") from None
+    return spec_from_mapping(parse_yaml(text, str(path)), path.name, overrides, smoke=smoke)
+
+
+def spec_from_mapping(
+    raw: Any, where: str, overrides: dict[str, str] | None = None, *, smoke: bool = False
+) -> SweepSpec:
+    """A parsed sweep file -> a validated spec; anything wrong is one UserError."""
     if not isinstance(raw, dict):
-        raise UserError(f"{path} must be a mapping of keys (name, method, task, ...)")
+        raise UserError(f"{where} must be a mapping of keys (name, method, task, ...)")
+    raw = dict(raw)
     if smoke:  # before --set, so explicit overrides win over the smoke defaults
-        raw = _merge(raw, raw.get("smoke") or {})
+        smoke_values = raw.get("smoke") or {}
+        if not isinstance(smoke_values, dict):
+            raise UserError(f"smoke in {where} must be a mapping of overrides, got {smoke_values!r}")
+        raw = _merge(raw, smoke_values)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value, path)
+        _set_dotted(raw, dotted, value, where)
     # Like every other command: no data_dir means $SCRUTABLE_DATA_DIR if set, else the hub.
     if not raw.get("data_dir") and os.environ.get(DATA_DIR_ENV):
         raw["data_dir"] = os.environ[DATA_DIR_ENV]
@@ -238,17 +296,41 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
     # A storage URI (s3://, gs://) stays a URI: Tune opens it with a pyarrow filesystem.
     for key in ("data_dir", "local_dir"):
         if isinstance(raw.get(key), str):
-            raw[key] = str(Path(raw[key]).expanduser().resolve())
+            try:
+                raw[key] = str(Path(raw[key]).expanduser().resolve())
+            except (OSError, RuntimeError, ValueError):
+                raise UserError(f"{key} in {where} is not a usable path: {raw[key]!r}") from None
     if isinstance(raw.get("storage"), str):
         raw["storage"] = normalise(raw["storage"])
-    spec = from_mapping(SweepSpec, raw, where=path.name)
-    spec.trial_config(spec.space.example_point())  # an unknown training key fails now, not in a trial
+    spec = from_mapping(SweepSpec, raw, where=where)
+    check_names(spec, where)
+    example = spec.space.example_point()
+    spec.trial_config(example)  # an unknown training key fails now, not in a trial
+    for name, dim in spec.search.items():  # every listed value must make a valid trial config
+        for value in dim.values or []:
+            spec.trial_config({**example, name: value})
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
         raise UserError(
-            f"data_dir {spec.data_dir} in {path.name} does not exist: point it at ../shared/data "
+            f"data_dir {spec.data_dir} in {where} does not exist: point it at ../shared/data "
             "or remove it to load from the hub"
         )
     return spec
+
+
+def check_names(spec: SweepSpec, where: str) -> None:
+    """Method, task and every model name resolvable, checked without loading anything."""
+    from scrutable.models import check_model_name
+    from scrutable.tasks import TASKS, closest
+    from scrutable.trainables import get_method
+
+    get_method(spec.method)
+    if spec.task not in TASKS:
+        raise UserError(f"unknown task '{spec.task}' in {where}: {closest(spec.task, TASKS)}")
+    config = spec.trial_config(spec.space.example_point())
+    for field_name in ("model", "scorer", "policy_model"):
+        value = getattr(config, field_name, None)
+        if isinstance(value, str):
+            check_model_name(value, f"{field_name} in {where}")
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +343,7 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: str, path: Path) -> None:
+def _set_dotted(raw: dict[str, Any], dotted: str, value: str, where: str) -> None:
     """`training.steps=10` sets raw["training"]["steps"] = "10" (typed when validated)."""
     parts = dotted.split(".")
     valid_top = [f.name for f in fields(SweepSpec)]
@@ -269,8 +351,14 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: str, path: Path) -> Non
         raise UserError(f"--set {dotted}: unknown key '{parts[0]}': {suggest(parts[0], valid_top)}")
     node = raw
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"--set {dotted}: {part} in {path.name} is not a mapping")
-    parsed = yaml.safe_load(value) if value else value  # "0.5" -> 0.5, "[3, 5]" -> list; never eval
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, dict):
+            child = node[part] = dict(child)  # never modify the caller's mapping
+        else:
+            raise UserError(f"--set {dotted}: {part} in {where} is not a mapping")
+        node = child
+    # "0.5" -> 0.5, "[3, 5]" -> list; never eval
+    parsed = parse_yaml(value, f"--set {dotted}={value}") if value else value
     node[parts[-1]] = parsed

@@ -16,6 +16,11 @@ learning rate, data seed, alpha, prompt length and the method's own fields), the
 reward) of every step (`step/*`), the evaluation metrics under the namespaced keys, the
 prompt text at every evaluation (`prompts/step_000040.txt`) and the final interpretability
 card (`card.json`, `card.txt`), with tags for the compare view (method, task, final prompt).
+Nothing is dropped silently: a write that fails is retried with backoff (`RETRY_DELAYS_S`),
+then buffered and replayed in order once the store answers again; at the end of the sweep
+`MlflowTracking.repair` compares every child run with Tune's results (which hold every
+report) and writes what is missing, and the summary lists whatever still could not be
+written.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.sweep.artifacts import ArtifactWriter, experiment_location
 
+RETRY_DELAYS_S = (0.2, 0.5, 1.0)  # backoff between tries of one write; the driver loop waits
 PARENT_TAG = "scrutable.role"
 TRIAL_TAG = "scrutable.trial_id"
 SWEEP_TAG = "scrutable.sweep"
@@ -57,6 +63,20 @@ def _client(uri: str) -> Any:
     # mlflow sets its logger up on import; its INFO lines (database migrations) are noise here.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server must answer before anything is created: one line if it does not."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types for "cannot reach the store"
+        raise UserError(
+            f"MLflow tracking store {uri} is unreachable ({type(exc).__name__}): start the server, fix "
+            "tracking.uri, or remove it to use SQLite under the sweep folder"
+        ) from None
 
 
 def connect(uri: str, experiment: str, folder: Path) -> tuple[str, str]:
@@ -182,11 +202,15 @@ class MlflowTracking(Callback):
         self.runs: dict[str, str] = {}
         self._client: Any = None
         self._artifacts: ArtifactWriter | None = None
-        self.failed_writes = 0
+        self.failed_writes = 0  # writes that failed even after retries (then buffered)
+        self.retried_writes = 0  # tries that failed and were retried
+        self.repaired_writes = 0  # steps written by `repair` from Tune's results
+        self.pending: list[tuple[str, Any]] = []  # (description, write) waiting for the store
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state
         state = dict(self.__dict__)
         state["_client"] = state["_artifacts"] = None
+        state["pending"] = []  # closures over live trials; `repair` rebuilds from Tune's results
         return state
 
     @property
@@ -231,15 +255,111 @@ class MlflowTracking(Callback):
             self.client.log_batch(run.info.run_id, params=logged[start : start + 100])
         return run.info.run_id
 
-    def _safely(self, action: Any) -> None:
-        # Tracking must never kill the sweep: Tune's own results stay complete on disk.
-        try:
-            action()
-        except Exception:
+    def _safely(self, action: Any, what: str) -> None:
+        """Write now (retrying with backoff), or buffer the write behind earlier failed ones.
+
+        Tracking must never stop the sweep: Tune's own results stay complete on disk and
+        `repair` fills MLflow from them at the end."""
+        self.flush()
+        if self.pending:  # keep the order: a later step never lands before an earlier one
+            self.pending.append((what, action))
+            return
+        if not self._try(action, RETRY_DELAYS_S):
             self.failed_writes += 1
+            self.pending.append((what, action))
+
+    def _try(self, action: Any, delays: tuple[float, ...]) -> bool:
+        for delay in (*delays, None):
+            try:
+                action()
+                return True
+            except Exception:
+                self._client = None  # a fresh client after a broken connection
+                if delay is None:
+                    return False
+                self.retried_writes += 1
+                time.sleep(delay)
+        return False
+
+    def flush(self, delays: tuple[float, ...] = ()) -> None:
+        """Replay buffered writes in order; stop at the first that still fails."""
+        while self.pending:
+            _, action = self.pending[0]
+            if not self._try(action, delays):
+                return
+            self.pending.pop(0)
+
+    def repair(self, records: list[Any]) -> list[str]:
+        """Make every child run match Tune's results; return what could not be written.
+
+        `records` are `TrialRecord`s (trial id, status, trial folder, checkpoint). For each
+        trial: the run exists, every reported step's metrics and prompt are logged, and a
+        finished or failed trial's run is closed with its card or error."""
+        self.flush(RETRY_DELAYS_S)
+        self.pending.clear()  # replaced by the comparison below, which covers them
+        lost: list[str] = []
+        for record in records:
+            try:
+                self._repair_one(record)
+            except Exception as exc:
+                lost.append(f"trial {record.trial_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return lost
+
+    def _repair_one(self, record: Any) -> None:
+        from mlflow.entities import Metric
+
+        trial = _RecordTrial(record)
+        run_id = self._with_retries(lambda: self.run_id(trial))
+        logged = {
+            int(m.step) for m in self._with_retries(lambda: self.client.get_metric_history(run_id, keys.TRAIN_STEP))
+        }
+        rows = _result_rows(record.path)
+        for row in rows:
+            step = int(row.get(keys.TRAIN_STEP, -1))
+            if step < 0 or step in logged:
+                continue
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, step) for k, v in numeric(row).items()]
+            self._with_retries(lambda m=metrics: self.client.log_batch(run_id, metrics=m))
+            if keys.PROMPT_TEXT in row:
+                text = str(row[keys.PROMPT_TEXT])
+                self._with_retries(lambda t=text, s=step: self.artifacts.text(run_id, t, f"prompts/step_{s:06d}.txt"))
+            self.repaired_writes += 1
+        run = self._with_retries(lambda: self.client.get_run(run_id))
+        if run.info.status != "RUNNING":
+            return
+        if record.status == "TERMINATED":
+            self._with_retries(lambda: self._close_finished(run_id, trial))
+        elif record.status == "ERROR":
+            self._with_retries(lambda: self._close_failed(run_id, trial))
+
+    def _with_retries(self, action: Any) -> Any:
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return action()
+            except Exception:
+                self._client = None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        return None
+
+    def _close_finished(self, run_id: str, trial: Any) -> None:
+        card = final_card(trial)
+        if card is not None:
+            self.artifacts.json(run_id, card, "card.json")
+            self.client.set_tag(run_id, "final_prompt", str(card.get("unembedded_text", ""))[:250])
+        card_text = final_card_text(trial)
+        if card_text is not None:
+            self.artifacts.text(run_id, card_text, "card.txt")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _close_failed(self, run_id: str, trial: Any) -> None:
+        self.client.set_tag(run_id, "error", error_reason(trial)[:5000])
+        self.client.set_terminated(run_id, "FAILED")
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._safely(lambda: self.run_id(trial))
+        self._safely(lambda: self.run_id(trial), f"start of trial {trial.trial_id}")
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -260,30 +380,44 @@ class MlflowTracking(Callback):
                 self.artifacts.text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
                 self.client.set_tag(run_id, "prompt", str(result[keys.PROMPT_TEXT])[:250])
 
-        self._safely(write)
+        self._safely(write, f"trial {trial.trial_id} step {result.get(keys.TRAIN_STEP)}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        def write() -> None:
-            run_id = self.run_id(trial)
-            card = final_card(trial)
-            if card is not None:
-                self.artifacts.json(run_id, card, "card.json")
-                self.client.set_tag(run_id, "final_prompt", str(card.get("unembedded_text", ""))[:250])
-            card_text = final_card_text(trial)
-            if card_text is not None:
-                self.artifacts.text(run_id, card_text, "card.txt")
-            self.client.set_terminated(run_id, "FINISHED")
-
-        self._safely(write)
+        self._safely(lambda: self._close_finished(self.run_id(trial), trial), f"end of trial {trial.trial_id}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        def write() -> None:
-            run_id = self.run_id(trial)
-            reason = error_reason(trial)
-            self.client.set_tag(run_id, "error", reason[:5000])
-            self.client.set_terminated(run_id, "FAILED")
+        self._safely(lambda: self._close_failed(self.run_id(trial), trial), f"failure of trial {trial.trial_id}")
 
-        self._safely(write)
+
+class _RecordTrial:
+    """A `TrialRecord` read from disk, shaped like the Tune trial the callbacks receive."""
+
+    def __init__(self, record: Any) -> None:
+        self.trial_id = record.trial_id
+        self.config = _trial_config(record.path)
+        self.checkpoint = _Checkpoint(record.checkpoint) if record.checkpoint is not None else None
+        error = record.path / "error.txt" if record.path is not None else None
+        self.error_file = str(error) if error is not None and error.is_file() else None
+
+
+class _Checkpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+
+def _trial_config(path: Path | None) -> dict[str, Any]:
+    params = path / "params.json" if path is not None else None
+    if params is None or not params.is_file():
+        return {}
+    loaded: dict[str, Any] = json.loads(params.read_text())
+    return loaded
+
+
+def _result_rows(path: Path | None) -> list[dict[str, Any]]:
+    results = path / "result.json" if path is not None else None
+    if results is None or not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
 def final_card(trial: Any) -> dict[str, Any] | None:
@@ -337,12 +471,13 @@ def finish_parent(
     hypervolume: float | None,
     frontier_size: int,
     files: list[Path],
-    finished: bool,
+    status: str | None,
 ) -> None:
     """The sweep's outcome on the parent run: metrics, the spec and Pareto files, the summary.
 
-    Written for an interrupted sweep too (its partial frontier); the run is only marked
-    FINISHED when every trial finished, so a resumed sweep overwrites the files."""
+    Written for an interrupted sweep too (its partial frontier); the run is only closed
+    (`status` FINISHED, or FAILED when every trial failed) when no trial is left to run, so
+    a resumed sweep overwrites the files."""
     from mlflow.entities import Metric
 
     client = _client(uri)
@@ -362,5 +497,5 @@ def finish_parent(
         if Path(path).is_file():
             writer.file(parent_id, Path(path), "pareto")
     writer.json(parent_id, summary, "sweep_summary.json")
-    if finished:
-        client.set_terminated(parent_id, "FINISHED")
+    if status is not None:
+        client.set_terminated(parent_id, status)

@@ -78,13 +78,26 @@ def _format(example: LabeledExample, lm: LanguageModel) -> tuple[list[int], list
 
 
 def read_tsv(path: Path) -> list[LabeledExample]:
+    """`sentence<TAB>label` rows; a row without a label or with one outside {0, 1} is an error
+    naming the line (a silent bad label would score as a wrong prediction)."""
     require_file(path, "point --data-dir at a folder laid out like ../shared/data")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     try:
-        return [LabeledExample(text=row["sentence"].strip(), label=int(row["label"])) for row in rows]
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"{path} is not an SST-2 file with 'sentence' and 'label' columns ({exc})") from None
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: re-save it as UTF-8") from None
+    examples = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        sentence, label = row.get("sentence"), row.get("label")
+        if sentence is None or label is None or not label.strip():
+            raise UserError(f"{path} line {line} has no 'label' (columns sentence<TAB>label): fix or remove the row")
+        if label.strip() not in ("0", "1"):
+            raise UserError(
+                f"{path} line {line} has label {label.strip()!r} outside SST-2's classes 0 (negative) "
+                "and 1 (positive): fix the row"
+            )
+        examples.append(LabeledExample(text=sentence.strip(), label=int(label)))
+    return examples
 
 
 def _from_hub(split: Split, seed: int) -> list[LabeledExample]:

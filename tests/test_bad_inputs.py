@@ -1,0 +1,321 @@
+"""Every bad input a user can give `evaluate`, `train`, `sweep` and `pareto` is answered the
+same way: exit code 2, one line on stderr naming the problem and the fix, no traceback, and
+nothing created or changed on disk (the test snapshots its whole scratch folder, which is
+also the working directory). Runs in-process through `scrutable.cli.main`; no case starts Ray.
+
+Cases marked `unwritable` need a non-root user (root may write anywhere) and are skipped as root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from scrutable.cli import main
+
+DATA = Path(os.environ["SCRUTABLE_DATA_DIR"])
+TINY = ["--model", "tiny-gpt2", "--scorer", "tiny-gpt2"]
+SPEC = {
+    "name": "t",
+    "method": "pez",
+    "task": "sst2",
+    "model": "tiny-gpt2",
+    "scorer": "tiny-gpt2",
+    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
+    "trials": 2,
+    "training": {"steps": 2},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: list[str]
+    expect: str  # a fragment of the one error line
+    setup: Callable[[Path], None] | None = None
+    unwritable: bool = False
+
+
+def spec_file(name: str = "spec.yaml", **changes: object) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        values = {**SPEC, "storage": str(root / "runs"), **changes}
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+
+    return make
+
+
+def text_file(name: str, content: str | bytes) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+    return make
+
+
+def tensor_file(name: str, value: object) -> Callable[[Path], None]:
+    return lambda root: torch.save(value, root / name)
+
+
+def both(*makers: Callable[[Path], None]) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        for maker in makers:
+            maker(root)
+
+    return make
+
+
+def data_copy(test_tsv: str) -> Callable[[Path], None]:
+    """A data folder like ../shared/data whose SST-2 test split is `test_tsv`."""
+
+    def make(root: Path) -> None:
+        data = root / "data"
+        shutil.copytree(DATA / "sst2" / "16-shot" / "13", data / "sst2" / "16-shot" / "13")
+        (data / "tokenizers").symlink_to(DATA / "tokenizers")
+        (data / "sst2" / "test.tsv").write_text(test_tsv)
+
+    return make
+
+
+def sweep_folder(stored: dict[str, object], signed: bool = False) -> Callable[[Path], None]:
+    """runs/t holding a stored spec and a (fake) Tune state, as an interrupted sweep leaves it."""
+
+    def make(root: Path) -> None:
+        folder = root / "runs" / "t"
+        (folder / "tune").mkdir(parents=True)
+        (folder / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "storage": str(root / "runs"), **stored}))
+        (folder / "tune" / "tuner.pkl").write_bytes(b"not really a pickle")
+        (folder / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+
+    return make
+
+
+def unwritable(name: str) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        (root / name).mkdir()
+        (root / name).chmod(0o500)
+
+    return make
+
+
+EVALUATE = ["evaluate", "--task", "sst2", *TINY]
+TRAIN = ["train", "--method", "pez", "--task", "sst2", *TINY, "--steps", "1"]
+SWEEP = ["sweep", "spec.yaml"]
+CASES = [
+    # --- evaluate ------------------------------------------------------------------------
+    Case("eval-unknown-task", ["evaluate", "--task", "sst3", *TINY, "--prompt", "x"], "unknown task 'sst3'"),
+    Case("eval-missing-model-dir", [*EVALUATE[:3], "--model", "./nope", "--prompt", "x"], "does not exist"),
+    Case("eval-offline-hub-model", [*EVALUATE[:3], "--model", "distilgpt2", "--prompt", "x"], "could not load"),
+    Case("eval-missing-soft-prompt", [*EVALUATE, "--soft-prompt", "p.pt"], "does not exist"),
+    Case("eval-soft-prompt-not-torch", [*EVALUATE, "--soft-prompt", "p.pt"], "not a torch", text_file("p.pt", "hi")),
+    Case(
+        "eval-soft-prompt-wrong-width",
+        [*EVALUATE, "--soft-prompt", "p.pt"],
+        "width 7",
+        tensor_file("p.pt", torch.zeros(3, 7)),
+    ),
+    Case(
+        "eval-soft-prompt-0-rows",
+        [*EVALUATE, "--soft-prompt", "p.pt"],
+        "0 vectors",
+        tensor_file("p.pt", torch.zeros(0, 32)),
+    ),
+    Case(
+        "eval-soft-prompt-nan",
+        [*EVALUATE, "--soft-prompt", "p.pt"],
+        "NaN",
+        tensor_file("p.pt", torch.full((2, 32), float("nan"))),
+    ),
+    Case("eval-soft-prompt-1d", [*EVALUATE, "--soft-prompt", "p.pt"], "(L, D)", tensor_file("p.pt", torch.zeros(32))),
+    Case("eval-prompt-too-long", [*EVALUATE, "--prompt", "word " * 2000], "too long"),
+    Case("eval-empty-prompt", [*EVALUATE, "--prompt", ""], "empty"),
+    Case("eval-limit-0", [*EVALUATE, "--prompt", "x", "--limit", "0"], "--limit"),
+    Case("eval-json-is-a-folder", [*EVALUATE, "--prompt", "x", "--json", "out"], "is a folder", unwritable("out")),
+    Case(
+        "eval-json-under-a-file", [*EVALUATE, "--prompt", "x", "--json", "f/card.json"], "is a file", text_file("f", "")
+    ),
+    Case(
+        "eval-json-unwritable",
+        [*EVALUATE, "--prompt", "x", "--json", "ro/card.json"],
+        "not writable",
+        unwritable("ro"),
+        unwritable=True,
+    ),
+    Case("eval-bad-split", [*EVALUATE, "--prompt", "x", "--split", "val"], "invalid choice"),
+    Case("eval-missing-task", ["evaluate", *TINY, "--prompt", "x"], "--task"),
+    Case(
+        "eval-prompt-and-soft-prompt",
+        [*EVALUATE, "--prompt", "x", "--soft-prompt", "p.pt"],
+        "not allowed with argument",
+    ),
+    Case("eval-missing-data-dir", [*EVALUATE, "--prompt", "x", "--data-dir", "nodata"], "nodata"),
+    Case(
+        "eval-tsv-row-without-label",
+        [*EVALUATE, "--prompt", "x", "--data-dir", "data", "--split", "test"],
+        "line 3 has no 'label'",
+        data_copy("sentence\tlabel\ngood film\t1\nbad film\n"),
+    ),
+    Case(
+        "eval-tsv-label-outside-classes",
+        [*EVALUATE, "--prompt", "x", "--data-dir", "data", "--split", "test"],
+        "label '2' outside",
+        data_copy("sentence\tlabel\ngood film\t1\nbad film\t2\n"),
+    ),
+    Case("eval-seed-without-split", [*EVALUATE, "--prompt", "x", "--seed", "5"], "seed 5"),
+    Case("eval-bad-distance", [*EVALUATE, "--prompt", "x", "--distance", "l1"], "invalid choice"),
+    # --- train ---------------------------------------------------------------------------
+    Case("train-unknown-method", ["train", "--method", "pzz", "--task", "sst2", *TINY], "unknown method 'pzz'"),
+    Case("train-unknown-set-key", [*TRAIN, "--set", "learning_rat=0.1"], "did you mean 'learning_rate'"),
+    Case("train-set-bad-type", [*TRAIN, "--set", "batch_size=abc"], "batch_size must be an integer"),
+    Case("train-set-without-equals", [*TRAIN, "--set", "batch_size"], "key=value"),
+    Case("train-steps-0", [*TRAIN[:-1], "0"], "steps must be positive"),
+    Case("train-negative-alpha", [*TRAIN, "--alpha", "-1"], "alpha must be"),
+    Case("train-prompt-length-5000", [*TRAIN, "--prompt-length", "5000"], "too long"),
+    Case("train-out-is-a-file", [*TRAIN, "--out", "f"], "is a file", text_file("f", "")),
+    Case("train-out-under-a-file", [*TRAIN, "--out", "f/run"], "is a file", text_file("f", "")),
+    Case("train-out-unwritable", [*TRAIN, "--out", "ro/run"], "not writable", unwritable("ro"), unwritable=True),
+    Case(
+        "train-overflow-is-divergence",
+        [*TRAIN, "--set", "learning_rate=1e38", "--set", "eval_limit=2", "--set", "test_limit=2"],
+        "overflowed",
+    ),
+    Case("train-unknown-task", ["train", "--method", "pez", "--task", "imdb", *TINY], "unknown task 'imdb'"),
+    # --- sweep ---------------------------------------------------------------------------
+    Case("sweep-missing-file", SWEEP, "does not exist"),
+    Case("sweep-not-utf8", SWEEP, "not UTF-8", text_file("spec.yaml", b"name: t\nmethod: \xff\xfe\n")),
+    Case("sweep-bad-yaml", SWEEP, "not valid YAML at line", text_file("spec.yaml", "name: t\nsearch: [\n")),
+    Case(
+        "sweep-duplicate-key",
+        SWEEP,
+        "duplicate key 'trials'",
+        text_file("spec.yaml", "name: t\ntrials: 2\ntrials: 3\n"),
+    ),
+    Case("sweep-not-a-mapping", SWEEP, "must be a mapping", text_file("spec.yaml", "- a\n- b\n")),
+    Case("sweep-misspelled-key", SWEEP, "did you mean 'trials'", spec_file(trials=None, trails=2)),
+    Case("sweep-unknown-task", SWEEP, "unknown task 'sst3'", spec_file(task="sst3")),
+    Case("sweep-unknown-method", SWEEP, "unknown method 'pzz'", spec_file(method="pzz")),
+    Case("sweep-missing-model-dir", SWEEP, "does not exist", spec_file(model="./no-such-model")),
+    Case("sweep-uncached-hub-model", SWEEP, "not in the local cache", spec_file(scorer="distilgpt2")),
+    Case("sweep-bad-model-name", SWEEP, "neither a built-in name", spec_file(model="tiny gpt2!")),
+    Case("sweep-negative-max-failures", SWEEP, "max_failures must be >= 0", spec_file(max_failures=-1)),
+    Case("sweep-zero-cpu", SWEEP, "resources.cpu must be a positive", spec_file(resources={"cpu": 0})),
+    Case("sweep-zero-max-batch", SWEEP, "max_batch must be at least 1", spec_file(scorer_resources={"max_batch": 0})),
+    Case(
+        "sweep-grid-points-1",
+        SWEEP,
+        "grid_points must be at least 2",
+        spec_file(sampler="grid", search={"alpha": {"low": 0.1, "high": 1.0, "grid_points": 1}}),
+    ),
+    Case("sweep-zero-trials", SWEEP, "trials and concurrency", spec_file(trials=0)),
+    Case("sweep-low-above-high", SWEEP, "low < high", spec_file(search={"alpha": {"low": 2.0, "high": 1.0}})),
+    Case("sweep-nan-bound", SWEEP, "finite", spec_file(search={"alpha": {"low": 0.0, "high": float("inf")}})),
+    Case(
+        "sweep-bad-prompt-length-value", SWEEP, "prompt_length", spec_file(search={"prompt_length": {"values": [3, 0]}})
+    ),
+    Case(
+        "sweep-unknown-objective", SWEEP, "did you mean", spec_file(objectives=[{"metric": "task/acc", "mode": "max"}])
+    ),
+    Case("sweep-set-malformed-yaml", [*SWEEP, "--set", "search.alpha={low: 1"], "--set search.alpha", spec_file()),
+    Case("sweep-set-unknown-key", [*SWEEP, "--set", "trails=3"], "did you mean 'trials'", spec_file()),
+    Case("sweep-set-into-a-scalar", [*SWEEP, "--set", "trials.x=3"], "not a mapping", spec_file()),
+    Case("sweep-storage-is-a-file", [*SWEEP, "--set", "storage=f"], "is a file", both(spec_file(), text_file("f", ""))),
+    Case(
+        "sweep-storage-unwritable",
+        [*SWEEP, "--set", "storage=ro"],
+        "not writable",
+        both(spec_file(), unwritable("ro")),
+        unwritable=True,
+    ),
+    Case(
+        "sweep-tracking-server-down",
+        [*SWEEP, "--set", "tracking.uri=http://127.0.0.1:9"],
+        "is unreachable",
+        spec_file(),
+    ),
+    Case("sweep-nothing-to-resume", [*SWEEP, "--resume"], "nothing to resume", spec_file()),
+    Case("sweep-folder-without-resume", ["sweep", "runs/t"], "pass --resume", sweep_folder({})),
+    Case("sweep-trust-without-resume", [*SWEEP, "--trust-folder"], "only applies with --resume", spec_file()),
+    Case(
+        "sweep-resume-other-spec",
+        [*SWEEP, "--resume"],
+        "method, trials differ",
+        both(spec_file(), sweep_folder({"method": "soft_prompt", "trials": 5})),
+    ),
+    Case("sweep-resume-unsigned-folder", ["sweep", "runs/t", "--resume"], "not", sweep_folder({})),
+    Case(
+        "sweep-resume-renamed-folder", ["sweep", "runs/t", "--resume"], "rename the folder", sweep_folder({"name": "u"})
+    ),
+    # --- pareto --------------------------------------------------------------------------
+    Case("pareto-not-a-sweep-folder", ["pareto", "."], "not a sweep folder"),
+    Case("pareto-missing-folder", ["pareto", "nope"], "not a sweep folder"),
+    Case("pareto-no-tune-results", ["pareto", "runs/t"], "does not exist", spec_file("runs/t/spec.yaml")),
+    Case(
+        "pareto-out-is-a-file",
+        ["pareto", "runs/t", "--out", "f"],
+        "is a file",
+        both(sweep_folder({}), text_file("f", "")),
+    ),
+    Case(
+        "pareto-bad-spec",
+        ["pareto", "runs/t"],
+        "not valid YAML",
+        text_file("runs/t/spec.yaml", "name: [\n"),
+    ),
+]
+
+
+PROGRESS = re.compile(r"\|.*\[\d\d:\d\d")  # a tqdm bar: "pez:  0%|   | 0/1 [00:00<?, ?step/s]"
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if not p.is_symlink()
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+    if case.unwritable and os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRUTABLE_STATE_KEY", str(tmp_path / "key" / "state.key"))
+    monkeypatch.setenv("SCRUTABLE_DATA_DIR", str(DATA))
+    if case.setup is not None:
+        case.setup(tmp_path)
+    before = snapshot(tmp_path)
+    try:
+        code = main(case.argv)
+    finally:
+        for path in tmp_path.rglob("*"):  # let pytest clean up read-only folders
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o700)
+    err = capsys.readouterr().err
+    # A run that fails mid-training shows its progress bar first (tqdm, \r-separated).
+    pieces = [piece for line in err.splitlines() for piece in line.split("\r")]
+    lines = [piece for piece in pieces if piece.strip() and not PROGRESS.search(piece)]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("scrutable: error: "), err
+    assert "Traceback" not in err
+    assert case.expect in lines[0], lines[0]
+    after = snapshot(tmp_path)
+    assert after == before, sorted(set(after) ^ set(before))
+
+
+def test_the_table_covers_every_command_with_at_least_40_cases():
+    commands = {c.argv[0] for c in CASES}
+    assert {"evaluate", "train", "sweep", "pareto"} <= commands
+    assert len(CASES) >= 40
