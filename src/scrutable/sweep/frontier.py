@@ -175,8 +175,9 @@ def _best_first(records: list[TrialRecord], metrics: Sequence[str], directions: 
 
 
 def _value_columns(spec: SweepSpec) -> list[str]:
-    """Objectives first, then the test metric, faithfulness and step, each once."""
-    return list(dict.fromkeys([*spec.metric_names, keys.TASK_TEST, *keys.FAITHFULNESS, keys.TRAIN_STEP]))
+    """Objectives first, then the dev and test metrics, faithfulness and steps, each once."""
+    columns = [*spec.metric_names, keys.TASK_DEV, keys.TASK_TEST, *keys.FAITHFULNESS, keys.PROMPT_STEP, keys.TRAIN_STEP]
+    return list(dict.fromkeys(columns))
 
 
 def _write_csv(
