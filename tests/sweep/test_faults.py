@@ -85,10 +85,12 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
+    """The trial's evaluation reports (step reports between them carry only `progress/*`)."""
     path = trial_dir / "result.json"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "train/step" in row]
 
 
 def trial_dirs(folder: Path) -> list[Path]:
