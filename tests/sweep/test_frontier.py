@@ -142,7 +142,7 @@ def sweep(tmp_path_factory):
                 # The JSON logger explicitly, so both of collect_trials' sources get tested.
                 callbacks=[
                     tracking.MlflowTracking(
-                        uri, experiment_id, parent_id, {"method": "fake"}, ["alpha", "prompt_length"]
+                        uri, experiment_id, parent_id, {"method": "fake"}, ["alpha", "prompt_length"], folder
                     ),
                     JsonLoggerCallback(),
                 ],
