@@ -33,7 +33,7 @@ def test_only_concurrency_and_storage_may_change(tmp_path):
         "training.steps",
         "trials",
     ]
-    with pytest.raises(UserError, match=r"\(trials differ\).*only concurrency and storage may change"):
+    with pytest.raises(UserError, match=r"\(trials differ\).*only concurrency, storage, local_dir may change"):
         check_compatible(spec(), spec(trials=8), tmp_path)
 
 

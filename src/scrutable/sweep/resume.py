@@ -5,8 +5,9 @@ method, task, search space or number of trials would mix two experiments in one 
 study and one MLflow parent run (and a changed `trials` left every resume "interrupted"),
 so `check_compatible` refuses it in one line naming the differing fields, before anything
 in the folder is rewritten. What may change, because it does not change any trial's
-result: `concurrency` (how many trials run at once) and `storage` (where the folder now
-lives: a moved or copied folder). More trials are not supported: Ray Tune restores the
+result: `concurrency` (how many trials run at once) and `storage` / `local_dir` (where
+the folder now lives: a moved or copied folder; with a URI storage the driver's folder is
+under `local_dir`). More trials are not supported: Ray Tune restores the
 planned number from its own state.
 
     scrutable sweep runs/quickstart --resume                 # the stored spec
@@ -21,7 +22,7 @@ from typing import Any
 from scrutable.errors import UserError
 from scrutable.sweep.spec import SweepSpec, load_spec
 
-MAY_CHANGE = ("concurrency", "storage")
+MAY_CHANGE = ("concurrency", "storage", "local_dir")
 
 
 def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepSpec:
@@ -29,7 +30,15 @@ def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepS
     path = folder / "spec.yaml"
     if not path.is_file():
         raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
-    spec = load_spec(path, {**(overrides or {}), "storage": str(folder.resolve().parent)})
+    import yaml
+
+    from scrutable.sweep.storage import is_uri
+
+    stored = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    stored_storage = stored.get("storage") if isinstance(stored, dict) else None
+    # The driver's folder is storage/name, or local_dir/name when Tune's storage is a URI (kept as is).
+    where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"
+    spec = load_spec(path, {**(overrides or {}), where: str(folder.resolve().parent)})
     if spec.name != folder.name:
         raise UserError(
             f"{folder} holds sweep '{spec.name}' (its Optuna study and MLflow experiment carry that name): "
@@ -61,6 +70,6 @@ def check_compatible(stored: SweepSpec, given: SweepSpec, folder: Path) -> None:
     if differing:
         raise UserError(
             f"{folder} was started with another spec ({', '.join(differing)} differ): resume with the stored one "
-            f"(`scrutable sweep {folder} --resume`; only {' and '.join(MAY_CHANGE)} may change) or start a new "
+            f"(`scrutable sweep {folder} --resume`; only {', '.join(MAY_CHANGE)} may change) or start a new "
             "sweep under another name"
         )
