@@ -364,11 +364,14 @@ class MlflowTracking(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        # One timestamp for every try: a retried write whose first try reached the store is
+        # then the same metric row, which the store keeps once, not a second point.
+        now = int(time.time() * 1000)
+
         def write() -> None:
             from mlflow.entities import Metric
 
             run_id = self.run_id(trial)
-            now = int(time.time() * 1000)
             metrics = step_metrics(result, now)
             if keys.TRAIN_STEP in result:  # an evaluation (a step report holds only progress/*)
                 step = int(result[keys.TRAIN_STEP])
