@@ -159,12 +159,14 @@ def build_card(
     the card describes exactly those tokens even where two vocabulary rows are identical."""
     prompt = prompt.detach()
     embeddings = lm.embedding_matrix
-    unembedded = nearest_tokens(prompt, embeddings, distance)
+    # One vocabulary-wide search per distance: both differentials are reported, one unembeds.
+    searched = {kind: nearest_tokens(prompt, embeddings, kind) for kind in Distance}
+    by_distance = {kind: found.distance_differential for kind, found in searched.items()}
+    unembedded = searched[Distance(distance)]
     if token_ids is not None:
         if is_soft:
             raise ValueError("token_ids names a hard prompt's tokens: pass is_soft=False")
         unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids)))
-    by_distance = {kind: nearest_tokens(prompt, embeddings, kind).distance_differential for kind in Distance}
     ids = unembedded.token_ids
     perplexity = scorer.submit_perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])  # runs meanwhile
     hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
