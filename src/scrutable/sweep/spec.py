@@ -292,8 +292,12 @@ def spec_from_mapping(
     # Like every other command: no data_dir means $SCRUTABLE_DATA_DIR if set, else the hub.
     if not raw.get("data_dir") and os.environ.get(DATA_DIR_ENV):
         raw["data_dir"] = os.environ[DATA_DIR_ENV]
-    # Relative paths mean the launching directory; trials run elsewhere, so fix them now.
+    # Relative paths mean the launching directory; trials run elsewhere, so fix them now,
+    # defaults included (`storage: runs` unset reaches Tune as /abs/runs, never as "runs").
     # A storage URI (s3://, gs://) stays a URI: Tune opens it with a pyarrow filesystem.
+    for key in PATH_FIELDS:
+        if raw.get(key) is None and key in _PATH_DEFAULTS:
+            raw[key] = _PATH_DEFAULTS[key]
     for key in ("data_dir", "local_dir"):
         if isinstance(raw.get(key), str):
             try:
@@ -315,6 +319,11 @@ def spec_from_mapping(
             "or remove it to load from the hub"
         )
     return spec
+
+
+# Every spec field that names a place on disk; each reaches Tune and the trials absolute.
+PATH_FIELDS = ("storage", "local_dir", "data_dir")
+_PATH_DEFAULTS = {f.name: f.default for f in fields(SweepSpec) if f.name in PATH_FIELDS and f.default is not None}
 
 
 def check_names(spec: SweepSpec, where: str) -> None:
