@@ -134,6 +134,7 @@ def test_bad_soft_prompt_files(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.smollm
 def test_console_script_on_smollm2(tmp_path):
     out = tmp_path / "card.json"
     proc = subprocess.run(

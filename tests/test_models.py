@@ -52,6 +52,7 @@ def test_tiny_models_need_the_tokenizer_folder(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.smollm
 def test_smollm2_is_a_real_pretrained_lm(smollm):
     assert smollm.kind is ModelKind.CAUSAL and smollm.vocab_size == 49152
     assert smollm.start_token_id == 0  # <|endoftext|>, not the chat marker

@@ -170,6 +170,8 @@ def test_evaluate_counts_correct_answers(tiny_gpt2, data_dir):
     assert {e.label for e in examples} == {0, 1}  # the fixed sample is not one class
 
 
+@pytest.mark.slow
+@pytest.mark.smollm
 def test_verbalizers_must_be_single_tokens(data_dir, smollm):
     task = get_task("sst2", data_dir=data_dir)
     assert len(task.verbalizer_ids(smollm)) == 2
