@@ -3,11 +3,15 @@ same way: exit code 2, one line on stderr naming the problem and the fix, no tra
 nothing created or changed on disk (the test snapshots its whole scratch folder, which is
 also the working directory). Runs in-process through `scrutable.cli.main`; no case starts Ray.
 
-Cases marked `unwritable` need a non-root user (root may write anywhere) and are skipped as root.
+Cases marked `unwritable` need a user whom permission bits bind: as root (CI) they run in a
+child process without root's power over file permissions (helpers.main_without_root_file_powers);
+the `/proc` cases are refused for root too (the writability check writes a probe file, it does
+not trust access bits). `fault` cases inject an OSError (a full disk) into the write itself.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -19,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import main_without_root_file_powers
 from scrutable.cli import main
 
 DATA = Path(os.environ["SCRUTABLE_DATA_DIR"])
@@ -42,6 +47,7 @@ class Case:
     expect: str  # a fragment of the one error line
     setup: Callable[[Path], None] | None = None
     unwritable: bool = False
+    fault: int | None = None  # an errno raised by every atomic rename (os.replace in scrutable.paths)
 
 
 def spec_file(name: str = "spec.yaml", **changes: object) -> Callable[[Path], None]:
@@ -102,12 +108,26 @@ def sweep_folder(stored: dict[str, object], signed: bool = False) -> Callable[[P
     return make
 
 
+def empty_folder(name: str) -> Callable[[Path], None]:
+    return lambda root: (root / name).mkdir()
+
+
 def unwritable(name: str) -> Callable[[Path], None]:
     def make(root: Path) -> None:
         (root / name).mkdir()
         (root / name).chmod(0o500)
 
     return make
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(5)
+)  # 10**6 values from ~300 bytes
+LONG = "n" * 300  # one name over the 255-byte limit (ENAMETOOLONG)
+
+
+def gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 EVALUATE = ["evaluate", "--task", "sst2", *TINY]
@@ -175,6 +195,39 @@ CASES = [
     ),
     Case("eval-seed-without-split", [*EVALUATE, "--prompt", "x", "--seed", "5"], "seed 5"),
     Case("eval-bad-distance", [*EVALUATE, "--prompt", "x", "--distance", "l1"], "invalid choice"),
+    Case(
+        "eval-soft-prompt-inf",
+        [*EVALUATE, "--soft-prompt", "p.pt"],
+        "infinite",
+        tensor_file("p.pt", torch.full((2, 32), float("inf"))),
+    ),
+    Case(
+        "eval-soft-prompt-3e38-overflows",
+        [*EVALUATE, "--soft-prompt", "p.pt"],
+        "too large for float32",
+        tensor_file("p.pt", torch.full((2, 32), 3e38)),
+    ),
+    Case("eval-json-in-proc", [*EVALUATE, "--prompt", "x", "--json", "/proc/card.json"], "cannot be created"),
+    Case("eval-json-a-device", [*EVALUATE, "--prompt", "x", "--json", "/dev/null"], "not a regular file"),
+    Case("eval-json-name-too-long", [*EVALUATE, "--prompt", "x", "--json", f"{LONG}.json"], "not a usable path"),
+    Case(
+        "eval-json-disk-full",
+        [*EVALUATE, "--prompt", "x", "--limit", "2", "--json", "card.json"],
+        "no space left",
+        fault=errno.ENOSPC,
+    ),
+    Case(
+        "eval-tsv-missing-sentence-column",
+        [*EVALUATE, "--prompt", "x", "--data-dir", "data", "--split", "test"],
+        "no 'sentence' column",
+        data_copy("text\tlabel\ngood film\t1\n"),
+    ),
+    Case(
+        "eval-tsv-row-with-extra-field",
+        [*EVALUATE, "--prompt", "x", "--data-dir", "data", "--split", "test"],
+        "line 3 has more than 2",
+        data_copy("sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n"),
+    ),
     # --- train ---------------------------------------------------------------------------
     Case("train-unknown-method", ["train", "--method", "pzz", "--task", "sst2", *TINY], "unknown method 'pzz'"),
     Case("train-unknown-set-key", [*TRAIN, "--set", "learning_rat=0.1"], "did you mean 'learning_rate'"),
@@ -192,6 +245,8 @@ CASES = [
         "overflowed",
     ),
     Case("train-unknown-task", ["train", "--method", "pez", "--task", "imdb", *TINY], "unknown task 'imdb'"),
+    Case("train-out-in-proc", [*TRAIN, "--out", "/proc/run"], "cannot be created"),
+    Case("train-out-name-too-long", [*TRAIN, "--out", LONG], "not a usable path"),
     # --- sweep ---------------------------------------------------------------------------
     Case("sweep-missing-file", SWEEP, "does not exist"),
     Case("sweep-not-utf8", SWEEP, "not UTF-8", text_file("spec.yaml", b"name: t\nmethod: \xff\xfe\n")),
@@ -253,6 +308,127 @@ CASES = [
         "method, trials differ",
         both(spec_file(), sweep_folder({"method": "soft_prompt", "trials": 5})),
     ),
+    # Every end of every searched range, not one example point.
+    Case(
+        "sweep-alpha-low-negative",
+        SWEEP,
+        "search.alpha in spec.yaml reaches -5.0",
+        spec_file(search={"alpha": {"low": -5.0, "high": 1.0}}),
+    ),
+    Case(
+        "sweep-prompt-length-range-from-0",
+        SWEEP,
+        "search.prompt_length in spec.yaml reaches 0",
+        spec_file(search={"prompt_length": {"low": 0, "high": 8, "integer": True}}),
+    ),
+    Case(
+        "sweep-prompt-length-5000",
+        SWEEP,
+        "prompt_length 5000 in spec.yaml is too long for tiny-gpt2",
+        spec_file(search={"prompt_length": {"values": [3, 5000]}}),
+    ),
+    Case(
+        "sweep-prompt-length-range-to-5000",
+        SWEEP,
+        "too long for tiny-gpt2",
+        spec_file(search={"prompt_length": {"low": 2, "high": 5000, "integer": True}}),
+    ),
+    Case(
+        "sweep-learning-rate-from-0",
+        SWEEP,
+        "learning_rate must be positive",
+        spec_file(search={"learning_rate": {"low": 0.0, "high": 0.1}}),
+    ),
+    Case("sweep-seed-negative", SWEEP, "seed must be in [0, 2**32)", spec_file(seed=-1)),
+    Case("sweep-seed-2-40", SWEEP, "seed must be in [0, 2**32)", spec_file(seed=2**40)),
+    Case(
+        "sweep-searched-seed-2-40",
+        SWEEP,
+        "outside [0, 2**32)",
+        spec_file(search={"alpha": SPEC["search"]["alpha"], "seed": {"values": [0, 2**40]}}),
+    ),
+    Case("sweep-name-300-chars", [*SWEEP, "--set", f"name={'n' * 300}"], "more than 100", spec_file()),
+    Case(
+        "sweep-grid-points-1e7",
+        SWEEP,
+        "grid_points must be at least 2 and at most 1000",
+        spec_file(sampler="grid", search={"alpha": {"low": 0.1, "high": 1.0, "grid_points": 10**7}}),
+    ),
+    Case(
+        "sweep-grid-too-large",
+        SWEEP,
+        "more than 100000",
+        spec_file(
+            sampler="grid",
+            search={
+                "alpha": {"low": 0.1, "high": 1.0, "grid_points": 1000},
+                "seed": {"values": list(range(200))},
+            },
+        ),
+    ),
+    Case("sweep-optuna-unknown-scheme", SWEEP, "not a database URL", spec_file(optuna_storage="redis://x/0")),
+    Case("sweep-optuna-plain-path", SWEEP, "not a database URL", spec_file(optuna_storage="optuna.db")),
+    Case("sweep-optuna-in-memory", SWEEP, "in memory", spec_file(optuna_storage="sqlite://")),
+    Case(
+        "sweep-optuna-in-proc", SWEEP, "cannot be created", spec_file(optuna_storage="sqlite:////proc/x/optuna.db")
+    ),
+    Case(
+        "sweep-optuna-unwritable",
+        SWEEP,
+        "cannot be created",
+        both(spec_file(optuna_storage="sqlite:///ro/optuna.db"), unwritable("ro")),
+        unwritable=True,
+    ),
+    Case("sweep-experiment-dotdot", SWEEP, "no '/' or '..'", spec_file(tracking={"experiment": ".."})),
+    Case("sweep-experiment-a-path", SWEEP, "no '/' or '..'", spec_file(tracking={"experiment": "a/b"})),
+    Case("sweep-cpu-1e6", SWEEP, "more than this machine's", spec_file(resources={"cpu": 1e6})),
+    Case(
+        "sweep-gpu-beyond-this-machine",
+        SWEEP,
+        "more than this machine's",
+        spec_file(resources={"cpu": 1, "gpu": gpus() + 1}),
+    ),
+    Case(
+        "sweep-scorer-gpu-beyond-this-machine",
+        SWEEP,
+        "scorer_resources.gpu",
+        spec_file(scorer_resources={"gpu": gpus() + 1}),
+    ),
+    Case("sweep-alias-bomb", SWEEP, "expands to more than 10000", text_file("spec.yaml", BOMB)),
+    Case(
+        "sweep-recursive-alias",
+        SWEEP,
+        "refers to itself",
+        text_file("spec.yaml", "name: &a [t, *a]\n"),
+    ),
+    Case("sweep-out-proc", [*SWEEP, "--out", "/proc"], "not writable", spec_file()),
+    Case("sweep-out-name-too-long", [*SWEEP, "--out", f"runs/{LONG}"], "more than 100", spec_file()),
+    Case(
+        "sweep-data-unknown-label",
+        [*SWEEP, "--set", "data_dir=data"],
+        "label '2' outside",
+        both(spec_file(), data_copy("sentence\tlabel\ngood film\t2\n")),
+    ),
+    Case(
+        "sweep-data-not-utf8",
+        [*SWEEP, "--set", "data_dir=data"],
+        "not UTF-8",
+        both(spec_file(), data_copy("sentence\tlabel\ngood film\t1\n"), text_file("data/sst2/test.tsv", b"\xff\n")),
+    ),
+    Case("sweep-empty-folder", ["sweep", "empty"], "not a sweep folder", empty_folder("empty")),
+    Case("sweep-empty-folder-resume", ["sweep", "empty", "--resume"], "not a sweep folder", empty_folder("empty")),
+    Case(
+        "sweep-resume-folder-with-out",
+        ["sweep", "runs/t", "--resume", "--out", "elsewhere"],
+        "--out does not apply",
+        sweep_folder({}),
+    ),
+    Case(
+        "sweep-resume-truncated-spec",
+        ["sweep", "runs/t", "--resume"],
+        "not valid YAML",
+        both(sweep_folder({}), text_file("runs/t/spec.yaml", "name: t\nsearch: {alpha: {low: 0.01, hi")),
+    ),
     Case("sweep-resume-unsigned-folder", ["sweep", "runs/t", "--resume"], "not", sweep_folder({})),
     Case(
         "sweep-resume-renamed-folder", ["sweep", "runs/t", "--resume"], "rename the folder", sweep_folder({"name": "u"})
@@ -268,6 +444,17 @@ CASES = [
         both(sweep_folder({}), text_file("f", "")),
     ),
     Case(
+        "pareto-reference-inf",
+        ["pareto", "runs/t", "--reference", "task/dev_objective=inf", "--reference", "interp/perplexity=1"],
+        "finite number",
+        sweep_folder({}),
+    ),
+    Case("pareto-out-in-proc", ["pareto", "runs/t", "--out", "/proc/pareto"], "cannot be created", sweep_folder({})),
+    Case("pareto-out-name-too-long", ["pareto", "runs/t", "--out", LONG], "not a usable path", sweep_folder({})),
+    # --- report --------------------------------------------------------------------------
+    Case("report-out-in-proc", ["report", "runs/t", "--out", "/proc/results.md"], "cannot be created"),
+    Case("report-out-name-too-long", ["report", "runs/t", "--out", f"{LONG}.md"], "not a usable path"),
+    Case(
         "pareto-bad-spec",
         ["pareto", "runs/t"],
         "not valid YAML",
@@ -280,8 +467,9 @@ PROGRESS = re.compile(r"\|.*\[\d\d:\d\d")  # a tqdm bar: "pez:  0%|   | 0/1 [00:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size and mtime, and every folder (whose mtime a deleted probe file moves)."""
     return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (0, 0)
         for p in sorted(root.rglob("*"))
         if not p.is_symlink()
     }
@@ -289,13 +477,20 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
-    if case.unwritable and os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
+    if case.unwritable and os.geteuid() == 0:  # root may write anywhere: run it as an ordinary user would
+        monkeypatch.setitem(globals(), "main", main_without_root_file_powers)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCRUTABLE_STATE_KEY", str(tmp_path / "key" / "state.key"))
     monkeypatch.setenv("SCRUTABLE_DATA_DIR", str(DATA))
     if case.setup is not None:
         case.setup(tmp_path)
+    if case.fault is not None:
+        code = case.fault
+
+        def full_disk(source: object, target: object) -> None:
+            raise OSError(code, os.strerror(code), str(target))
+
+        monkeypatch.setattr("scrutable.paths.os.replace", full_disk)
     before = snapshot(tmp_path)
     try:
         code = main(case.argv)
@@ -317,5 +512,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
 
 def test_the_table_covers_every_command_with_at_least_40_cases():
     commands = {c.argv[0] for c in CASES}
-    assert {"evaluate", "train", "sweep", "pareto"} <= commands
-    assert len(CASES) >= 40
+    assert {"evaluate", "train", "sweep", "pareto", "report"} <= commands
+    assert len(CASES) >= 100

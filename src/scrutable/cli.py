@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scrutable.errors import UserError
 from scrutable.paths import check_writable
@@ -73,9 +73,9 @@ def _reference(text: str) -> tuple[str, float]:
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not sep or not metric or number != number:
+    if not sep or not metric or number != number or number in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(
-            f"invalid reference {text!r}: write METRIC=NUMBER, e.g. task/dev_objective=0.5"
+            f"invalid reference {text!r}: write METRIC=NUMBER with a finite number, e.g. task/dev_objective=0.5"
         )
     return metric.strip(), number
 
@@ -262,8 +262,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(card.render())
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        from scrutable.paths import write_atomically
+
+        write_atomically(args.json, json.dumps(card.to_dict(), indent=2) + "\n")
     return 0
 
 
@@ -272,7 +273,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from scrutable.config import from_mapping, parse_overrides
     from scrutable.trainables import get_method
-    from scrutable.trainables.common import save_state
 
     method = get_method(args.method)
     values: dict[str, object] = {"task": args.task, "model": args.model, "scorer": args.scorer or default_scorer()}
@@ -300,18 +300,49 @@ def _train(args: argparse.Namespace) -> int:
             bar.set_postfix(shown, refresh=False)
 
         result = method.run(config, progress=progress)
+    written = _save_training(args.out, result) if args.out is not None else []  # before anything else can fail
     print(result.card.render())
-    if args.out is not None:
-        written = [save_state(result.state, args.out).name]
-        if "prompt" in result.state:  # a continuous prompt (soft prompt, PEZ): evaluate --soft-prompt
-            import torch
-
-            torch.save({"prompt": result.state["prompt"]}, args.out / "prompt.pt")
-            written.append("prompt.pt")
-        (args.out / "card.json").write_text(json.dumps(result.card.to_dict(), indent=2) + "\n")
-        (args.out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=str) + "\n")
-        print(f"wrote {', '.join([*written, 'card.json', 'metrics.json'])} to {args.out}")
+    if written:
+        print(f"wrote {', '.join(written)} to {args.out}")
     return 0
+
+
+def _save_training(out: Path, result: Any) -> list[str]:
+    """Write a trained run's files under `out`, the prompt first, each through a temporary
+    file. If `out` cannot take them (disk full, read-only), the state is saved in the
+    temporary folder instead and the error line says where: training is never lost."""
+    import os
+    import tempfile
+
+    import torch
+
+    from scrutable.paths import atomic_path, write_atomically
+    from scrutable.trainables.common import STATE_FILE
+
+    written: list[str] = []
+    try:
+        if "prompt" in result.state:  # a continuous prompt (soft prompt, PEZ): evaluate --soft-prompt
+            with atomic_path(out / "prompt.pt") as temporary:
+                torch.save({"prompt": result.state["prompt"]}, temporary)
+            written.append("prompt.pt")
+        with atomic_path(out / STATE_FILE) as temporary:
+            torch.save(dict(result.state), temporary)
+        written.append(STATE_FILE)
+        write_atomically(out / "card.json", json.dumps(result.card.to_dict(), indent=2) + "\n")
+        write_atomically(out / "metrics.json", json.dumps(result.metrics, indent=2, default=str) + "\n")
+        written += ["card.json", "metrics.json"]
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"scrutable-train-{os.getpid()}-{STATE_FILE}"
+        try:
+            torch.save(dict(result.state), rescue)
+            kept = f"the trained state is saved at {rescue}"
+        except OSError:
+            kept = "the trained state could not be saved anywhere"
+        raise UserError(
+            f"could not write --out {out} ({_os_error_reason(exc)}; wrote {', '.join(written) or 'nothing'}): "
+            f"{kept}; free space or pass another --out"
+        ) from None
+    return written
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -329,11 +360,22 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.spec.is_dir():  # a sweep folder: its stored spec, re-rooted where the folder is now
         from scrutable.sweep.resume import stored_spec
 
+        if not (args.spec / "spec.yaml").is_file():
+            raise UserError(
+                f"{args.spec} is not a sweep folder (no spec.yaml): pass a sweep file such as "
+                "sweeps/quickstart.yaml, or (with --resume) a folder made by `scrutable sweep`"
+            )
         if not args.resume:
             raise UserError(f"{args.spec} is a sweep folder: pass --resume to finish it, or a sweep file to start one")
+        if args.out is not None:
+            raise UserError(
+                f"--out does not apply when resuming the sweep folder {args.spec} (the folder is the sweep): drop "
+                "--out, or copy the folder where you want it and resume the copy"
+            )
         spec = stored_spec(args.spec, overrides)
     else:
         spec = load_spec(args.spec, overrides, smoke=args.smoke)
+    _check_before_ray(spec, args)
     try:
         summary = run_sweep(
             spec, resume=args.resume, address=args.address, started=started, trust_folder=args.trust_folder
@@ -345,6 +387,19 @@ def _sweep(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return 130
     return 1 if summary["all_failed"] else 0
+
+
+def _check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
+    """What can be refused before Ray starts: an unwritable sweep folder (a real write, so
+    root's /proc is refused too) and, on a local Ray, resources no node here can offer."""
+    import os
+
+    from scrutable.sweep.spec import check_data, check_resources_fit
+
+    check_writable(spec.folder(), "the sweep folder", folder=True)  # storage/name, or local_dir/name for a URI
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        check_resources_fit(spec, str(args.spec))
+    check_data(spec)
 
 
 def _sweep_folder_spec(folder: Path) -> SweepSpec:
@@ -428,6 +483,13 @@ def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:
         raise UserError(f"{path} holds a prompt of 0 vectors: save at least one row")
     if not loaded.is_floating_point() or not bool(torch.isfinite(loaded).all()):
         raise UserError(f"{path} holds NaN, infinite or non-float values: save a finite float prompt")
+    # Distances and logits square and sum the values in float32: 3e38 is finite but its
+    # square is not, and every metric would come out inf/NaN.
+    if not bool(torch.isfinite(loaded.float().pow(2).sum(dim=-1)).all()):
+        raise UserError(
+            f"{path} holds values too large for float32 arithmetic (largest {loaded.abs().max().item():.3g}): "
+            "save the prompt the model was trained with"
+        )
     if loaded.shape[1] != hidden_size:
         raise UserError(
             f"{path} has vectors of width {loaded.shape[1]} but the model's embeddings are {hidden_size} wide: "
@@ -448,6 +510,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scrutable: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        print(f"scrutable: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _errno_set(*names: str) -> frozenset[int]:
+    import errno
+
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
+# What the user's disk or paths cause, as opposed to a bug: answered in one line at the edge.
+_USER_ERRNOS = _errno_set("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG")
+
+
+def _os_error_reason(exc: OSError) -> str:
+    import errno
+
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENAMETOOLONG: "a name longer than the file system allows (255 bytes)",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def _os_error_line(exc: OSError) -> str:
+    import errno
+
+    name = str(exc.filename) if exc.filename is not None else "a file"
+    if len(name) > 100:
+        name = f"{name[:70]}...({len(name)} characters)"
+    fixes = {
+        errno.ENOSPC: "free some space or write to another disk",
+        errno.EROFS: "pass a path on a writable file system",
+        errno.EACCES: "pass a path you can write, or fix its permissions",
+        errno.EPERM: "pass a path you can write, or fix its permissions",
+        errno.ENAMETOOLONG: "shorten the path",
+    }
+    return f"cannot write {name} ({_os_error_reason(exc)}): {fixes.get(exc.errno or 0, 'check the path')}"
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import yaml
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
+from scrutable.paths import check_writable, write_atomically
 from scrutable.reference_phrases import Reference, reference_perplexities
 from scrutable.report_plots import Curve, Point, plot_alpha_tradeoff, plot_curves, plot_lengths
 from scrutable.sweep.pareto import non_dominated
@@ -634,6 +635,7 @@ def write_report(folders: Sequence[Path], out: Path) -> Path:
         raise UserError("no sweep folders given: pass one or more folders made by `scrutable sweep`")
     if out.suffix != ".md":
         raise UserError(f"--out {out} must name a markdown file ending in .md")
+    check_writable(out, "--out", folder=False)  # before reading every sweep's results
     sweeps = [load_sweep(folder) for folder in folders]
     names = [s.spec.name for s in sweeps]
     if len(set(names)) != len(names):
@@ -675,5 +677,5 @@ def write_report(folders: Sequence[Path], out: Path) -> Path:
     prose = ""  # the lead's prose under the marker survives a rerun
     if out.is_file() and PROSE_MARKER in (previous := out.read_text()):
         prose = previous.split(PROSE_MARKER, 1)[1].lstrip("\n")
-    out.write_text("\n".join(lines) + "\n" + ("\n" + prose if prose else ""))
+    write_atomically(out, "\n".join(lines) + "\n" + ("\n" + prose if prose else ""))
     return out

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from scrutable.metrics import keys
+from scrutable.paths import atomic_path, write_atomically
 from scrutable.sweep.pareto import Direction, default_reference, hypervolume, non_dominated
 from scrutable.sweep.plots import SHORT_PARAM, plot_html, plot_png, truncate
 from scrutable.sweep.results import FAILED, TrialRecord
@@ -100,6 +101,12 @@ def export_pareto(
         else:
             reference_values, source = [float(v) for v in reference], "given"
         volume = hypervolume(points, directions, reference_values)
+        if volume == 0:
+            named = ", ".join(f"{m}={v:g}" for m, v in zip(metrics, reference_values, strict=True))
+            notes.append(
+                f"warning: hypervolume 0 against the reference ({named}, {source}): no trial beats it in every "
+                "objective; pick a looser reference"
+            )
     else:
         notes.append("no completed trial with finite objectives: no frontier, plots skipped")
     non_finite = sum(1 for reason in excluded.values() if reason and reason.startswith("non-finite"))
@@ -133,7 +140,7 @@ def export_pareto(
         failures={r.trial_id: r.error or "" for r in records if r.status == FAILED},
         notes=notes,
     )
-    files["pareto.json"].write_text(json.dumps(_summary_json(summary), indent=2, allow_nan=False) + "\n")
+    write_atomically(files["pareto.json"], json.dumps(_summary_json(summary), indent=2, allow_nan=False) + "\n")
 
     plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
     if eligible:
@@ -192,7 +199,7 @@ def _write_csv(
     head = ["trial_id", "status", "on_frontier"] if full else ["trial_id"]
     tail = ["prompt_text", "token_ids", "mlflow_run_id", "checkpoint"] + (["excluded"] if full else [])
     columns = head + list(spec.search) + _value_columns(spec) + tail
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for r in records:

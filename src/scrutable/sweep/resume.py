@@ -30,11 +30,10 @@ def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepS
     path = folder / "spec.yaml"
     if not path.is_file():
         raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
-    import yaml
-
+    from scrutable.sweep.spec import parse_yaml
     from scrutable.sweep.storage import is_uri
 
-    stored = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    stored = parse_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
     stored_storage = stored.get("storage") if isinstance(stored, dict) else None
     # The driver's folder is storage/name, or local_dir/name when Tune's storage is a URI (kept as is).
     where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"

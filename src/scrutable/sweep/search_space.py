@@ -37,6 +37,9 @@ from typing import Any
 SEARCHABLE = ("alpha", "prompt_length", "learning_rate", "seed")
 VALUES_ONLY = ("seed",)  # searched as a list of integers, never a range
 ZERO_REGION = 0.1  # width of the alpha = 0 region, as a share of the log range
+# Optuna's GridSampler enumerates every grid point up front; a sweep grid is tens to
+# hundreds of points, so a thousand per range is far beyond any use and still builds fast.
+MAX_GRID_POINTS = 1000
 LOG_SUFFIX = "_log10"
 
 
@@ -63,8 +66,8 @@ class Dimension:
             raise ValueError(f"a log range needs low > 0, got {self.low} (use zero: true for an explicit 0)")
         if self.zero and not self.log:
             raise ValueError("zero: true needs log: true (a linear range can include 0 by itself)")
-        if self.grid_points < 2:
-            raise ValueError(f"grid_points must be at least 2, got {self.grid_points}")
+        if not 2 <= self.grid_points <= MAX_GRID_POINTS:
+            raise ValueError(f"grid_points must be at least 2 and at most {MAX_GRID_POINTS}, got {self.grid_points}")
 
     # --- what Optuna samples ------------------------------------------------------------
 
@@ -92,6 +95,21 @@ class Dimension:
             assert self.low is not None
             sampled = 0.0 if sampled < math.log10(self.low) else 10.0**sampled
         return int(round(sampled)) if self.integer else float(sampled)
+
+    def ends(self) -> list[Any]:
+        """Decoded values at both ends of what may be sampled: every listed value, or a
+        range's low and high ends (and for `zero: true` both the 0 and the range's own low).
+        Checked at load time: a trial at either end must be a valid config."""
+        if self.values is not None:
+            return list(self.values)
+        assert self.low is not None and self.high is not None
+        if self.integer and not self.log:
+            return [int(self.low), int(self.high)]  # what suggest_int is given
+        low, high = self.encoded_bounds()
+        ends = [self.decode(low), self.decode(high)]
+        if self.zero:
+            ends.insert(1, self.decode(math.log10(self.low)))
+        return list(dict.fromkeys(ends))
 
     def grid(self) -> list[Any]:
         """Decoded values for the grid sampler."""

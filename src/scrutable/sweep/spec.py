@@ -53,6 +53,11 @@ from scrutable.paths import DATA_DIR_ENV
 from scrutable.sweep.search_space import SEARCHABLE, VALUES_ONLY, Dimension, SearchSpace
 from scrutable.sweep.storage import experiment_location, is_uri, normalise
 
+MAX_NAME_LENGTH = 100  # leaves room for Tune's trial folder names (name + params) under 255 bytes
+SEED_LIMIT = 2**32  # Optuna's samplers seed NumPy, which takes 0 <= seed < 2**32
+MAX_GRID_SIZE = 100_000  # Optuna's GridSampler lists every point; 1e5 is far beyond any sweep's budget
+OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy dialects RDBStorage takes
+
 
 class Sampler(StrEnum):
     TPE = "tpe"
@@ -107,6 +112,17 @@ class Tracking:
     uri: str | None = None  # default: sqlite under the sweep folder; a server URI on clusters
     experiment: str | None = None  # default: the sweep's name
 
+    def __post_init__(self) -> None:
+        # MLflow places an experiment's artifacts under a folder named after it: a name that is
+        # a path ("..", "a/b") would put them outside the sweep folder.
+        if self.experiment is not None and (
+            not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_. -]*", self.experiment) or ".." in self.experiment
+        ):
+            raise ValueError(
+                f"tracking.experiment {self.experiment!r} must be letters, digits, spaces, '_', '.', '-' "
+                "(no '/' or '..': it names a folder)"
+            )
+
 
 @dataclass(frozen=True)
 class SweepSpec:
@@ -140,6 +156,14 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ValueError(f"name {self.name!r} must be letters, digits, '_', '.', '-' (it names a folder)")
+        if len(self.name) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"name is {len(self.name)} characters, more than {MAX_NAME_LENGTH}: shorten it (it names the sweep "
+                "folder, and Tune's trial folders and checkpoint paths under it must stay within the 255-byte "
+                "name and 4096-byte path limits)"
+            )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2**32) (Optuna's and NumPy's seeds), got {self.seed}")
         for key in self.search:
             if key not in SEARCHABLE:
                 raise ValueError(f"search.{key} is not searchable: {suggest(key, SEARCHABLE)}")
@@ -166,6 +190,11 @@ class SweepSpec:
             raise ValueError(f"max_failures must be >= 0 (retries per trial), got {self.max_failures}")
         if self.sampler is Sampler.GRID and self.space.grid_size() < 1:
             raise ValueError("the grid is empty")
+        if self.sampler is Sampler.GRID and self.space.grid_size() > MAX_GRID_SIZE:
+            raise ValueError(
+                f"the grid has {self.space.grid_size()} points, more than {MAX_GRID_SIZE}: lower grid_points "
+                "or list fewer values"
+            )
 
     @property
     def directions(self) -> list[str]:
@@ -252,15 +281,51 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+# A sweep file is a few dozen nodes; aliases that expand past this are a "billion laughs"
+# bomb (484 bytes became a 10.6 MB spec.yaml when written back out expanded).
+MAX_EXPANDED_NODES = 10_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], visiting: set[int]) -> int:
+    """Nodes in the document once every alias is expanded (each shared node counted per use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in visiting:
+        raise UserError("an anchor refers to itself (a recursive alias): write the values out")
+    visiting.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo, visiting) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo, visiting) + _expanded_size(v, memo, visiting) for k, v in node.value)
+    visiting.discard(key)
+    memo[key] = min(size, MAX_EXPANDED_NODES + 1)  # capped: the sum stays small however deep the bomb
+    return memo[key]
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """YAML -> Python, with duplicate keys and syntax errors as one UserError line."""
+    """YAML -> Python, with duplicate keys, syntax errors and alias bombs as one UserError line."""
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > MAX_EXPANDED_NODES:
+            raise UserError(
+                f"{where} expands to more than {MAX_EXPANDED_NODES} values through its aliases (*name): "
+                "write the values out instead"
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid syntax"
         raise UserError(f"{where} is not valid YAML{line} ({problem}): fix it") from None
+    except RecursionError:
+        raise UserError(f"{where} nests too deeply to read: flatten it") from None
+    finally:
+        loader.dispose()
 
 
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smoke: bool = False) -> SweepSpec:
@@ -306,19 +371,158 @@ def spec_from_mapping(
                 raise UserError(f"{key} in {where} is not a usable path: {raw[key]!r}") from None
     if isinstance(raw.get("storage"), str):
         raw["storage"] = normalise(raw["storage"])
+    if isinstance(raw.get("optuna_storage"), str):
+        raw["optuna_storage"] = absolute_database_uri(raw["optuna_storage"], f"optuna_storage in {where}")
+    if isinstance(raw.get("tracking"), dict) and isinstance(raw["tracking"].get("uri"), str):
+        raw["tracking"] = {
+            **raw["tracking"],
+            "uri": absolute_database_uri(raw["tracking"]["uri"], f"tracking.uri in {where}"),
+        }
     spec = from_mapping(SweepSpec, raw, where=where)
     check_names(spec, where)
     example = spec.space.example_point()
     spec.trial_config(example)  # an unknown training key fails now, not in a trial
-    for name, dim in spec.search.items():  # every listed value must make a valid trial config
-        for value in dim.values or []:
-            spec.trial_config({**example, name: value})
+    check_search_ends(spec, where)
+    if spec.optuna_storage is not None:
+        check_optuna_storage(spec.optuna_storage, f"optuna_storage in {where}")
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
         raise UserError(
             f"data_dir {spec.data_dir} in {where} does not exist: point it at ../shared/data "
             "or remove it to load from the hub"
         )
     return spec
+
+
+def check_search_ends(spec: SweepSpec, where: str) -> None:
+    """A trial at either end of every searched range (every listed value, every grid value)
+    must be a valid config that fits the model: one line now, not a failure in every trial."""
+    example = spec.space.example_point()
+    limit = max_prompt_length(spec.model, spec.data_dir)
+    for name, dim in spec.search.items():
+        for value in spec.space.grid_values(name) if spec.sampler is Sampler.GRID else dim.ends():
+            try:
+                config = spec.trial_config({**example, name: value})
+            except UserError as exc:
+                raise UserError(
+                    f"search.{name} in {where} reaches {value!r}, which is not a valid trial ({exc}): narrow the range"
+                ) from None
+            if not 0 <= config.seed < SEED_LIMIT:
+                raise UserError(f"training seed {config.seed} in {where} is outside [0, 2**32): pick a smaller seed")
+            if limit is not None and config.prompt_length > limit:
+                raise UserError(
+                    f"prompt_length {config.prompt_length} in {where} is too long for {spec.model}: its context "
+                    f"leaves room for at most {limit} prompt tokens (the task input needs the rest)"
+                )
+
+
+def max_prompt_length(model: str, data_dir: str | None) -> int | None:
+    """Half the model's positions (the rule of `scrutable.cli.check_prompt_fits`), read from its
+    config.json without loading weights; None when the model has no limit or none can be read."""
+    import json
+
+    from scrutable.paths import cache_dir
+
+    if model == "tiny-gpt2":
+        positions: Any = 512  # n_positions of scrutable.models.tiny_gpt2 (tests check they agree)
+    else:
+        if model == "smollm2-135m":
+            config_file: Any = cache_dir() / "models" / "smollm2-135m" / "config.json"
+        elif Path(model).expanduser().is_dir():
+            config_file = Path(model).expanduser() / "config.json"
+        elif model == "tiny-t5":
+            return None  # relative positions: no hard limit
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            config_file = try_to_load_from_cache(model, "config.json")
+        try:
+            config = json.loads(Path(config_file).read_text())
+        except (OSError, TypeError, ValueError):
+            return None  # not cached yet: the trial checks it when the model is loaded
+        positions = config.get("n_positions") or config.get("max_position_embeddings")
+    return positions // 2 if isinstance(positions, int) and positions > 0 else None
+
+
+def absolute_database_uri(uri: str, what: str) -> str:
+    """A SQLite (or `file:`) URI with a relative path, made absolute against the launching
+    directory: trials and a later `--resume` run elsewhere. Other URIs are returned as is."""
+    for prefix in ("sqlite:///", "file:"):
+        if uri.startswith(prefix):
+            rest = uri[len(prefix) :]
+            path, sep, query = rest.partition("?")
+            if not path or path == ":memory:" or path.startswith("/"):
+                return uri
+            try:
+                absolute = str(Path(path).expanduser().resolve())
+            except (OSError, RuntimeError, ValueError):
+                raise UserError(f"{what} names an unusable path: {path!r}") from None
+            return f"{prefix}{absolute}{sep}{query}" if prefix == "file:" else f"sqlite:///{absolute}{sep}{query}"
+    return uri
+
+
+def check_optuna_storage(uri: str, what: str) -> None:
+    """A database Optuna's RDBStorage can open, and for SQLite a file this user can write."""
+    from scrutable.paths import check_writable
+
+    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
+    if scheme not in OPTUNA_SCHEMES:
+        raise UserError(
+            f"{what} {uri!r} is not a database URL Optuna can use: write sqlite:///path/optuna.db, "
+            "postgresql://..., or mysql://... (or remove it for SQLite in the sweep folder)"
+        )
+    if scheme == "sqlite":
+        path = uri.partition("://")[2].removeprefix("/").partition("?")[0]
+        if path in ("", ":memory:"):
+            raise UserError(f"{what} {uri!r} is in memory, lost when the driver stops: name a file")
+        check_writable(Path(path), what, folder=False)
+
+
+def check_data(spec: SweepSpec) -> None:
+    """Read and validate every split of a local data folder now (columns, labels, encoding):
+    a broken row is one line before Ray starts, not a failure retried in every trial.
+    Hub data (no data_dir) is left to the trials, which download it."""
+    from scrutable.tasks import Split, get_task
+
+    if spec.data_dir is None:
+        return
+    config = spec.trial_config(spec.space.example_point())
+    task = get_task(
+        spec.task,
+        data_dir=spec.data_dir,
+        seed=spec.data_seed,
+        dev_pool=getattr(config, "dev_pool", "few_shot"),
+        prefix_cache=False,
+    )
+    for split in Split:
+        task.examples(split)
+
+
+def check_resources_fit(spec: SweepSpec, where: str) -> None:
+    """On a local Ray (no --address), a trial asking for more CPUs or GPUs than this machine
+    has would wait forever for a node that never comes: refuse it now."""
+    import torch
+
+    try:
+        from ray._private.utils import get_num_cpus  # Ray's own count: affinity and cgroup quotas
+
+        cpus = float(get_num_cpus())
+    except Exception:  # a private helper: fall back to the plain count
+        cpus = float(os.cpu_count() or 1)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec.resources.cpu > cpus:
+        raise UserError(
+            f"resources.cpu {spec.resources.cpu:g} in {where} is more than this machine's {cpus:g} CPUs: a trial "
+            f"would wait forever; use at most {cpus:g} (or --address a cluster with bigger nodes)"
+        )
+    asked = {"resources.gpu": spec.resources.gpu, "scorer_resources.gpu": spec.scorer_resources.gpu}
+    if spec.resources.gpu and spec.scorer_resources.gpu:  # the scorer actor holds its share for the whole sweep
+        asked["resources.gpu + scorer_resources.gpu"] = spec.resources.gpu + spec.scorer_resources.gpu
+    for key, value in asked.items():
+        if value > gpus:
+            raise UserError(
+                f"{key} {value:g} in {where} is more than this machine's {gpus} GPU(s): trials would wait "
+                f"forever; use at most {gpus} (or --address a cluster with GPUs)"
+            )
 
 
 # Every spec field that names a place on disk; each reaches Tune and the trials absolute.

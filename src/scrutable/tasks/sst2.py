@@ -83,11 +83,23 @@ def read_tsv(path: Path) -> list[LabeledExample]:
     require_file(path, "point --data-dir at a folder laid out like ../shared/data")
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text: re-save it as UTF-8") from None
+    missing = [column for column in ("sentence", "label") if column not in header]
+    if missing:
+        raise UserError(
+            f"{path} has no {' or '.join(repr(c) for c in missing)} column (its header is "
+            f"{chr(9).join(header)!r}): the first line must be sentence<TAB>label"
+        )
     examples = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if None in row:  # DictReader keeps surplus fields under None
+            raise UserError(
+                f"{path} line {line} has more than 2 tab-separated fields (sentence<TAB>label): fix the row"
+            )
         sentence, label = row.get("sentence"), row.get("label")
         if sentence is None or label is None or not label.strip():
             raise UserError(f"{path} line {line} has no 'label' (columns sentence<TAB>label): fix or remove the row")
