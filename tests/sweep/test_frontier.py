@@ -274,8 +274,27 @@ def test_export_pareto_matches_brute_force_and_writes_files(sweep, tmp_path):
     assert '<script src="http' not in page and "cdn.plot.ly/plotly" not in page
 
     text = render_summary(summary)
-    assert "2 on the Pareto frontier" in text and FAIL_MESSAGE in text and "hypervolume" in text
+    flat = " ".join(text.split())  # wrapped at 80 columns
+    assert "2 on the Pareto frontier" in flat and FAIL_MESSAGE in flat and "hypervolume" in flat
     assert len(text.splitlines()) < 25
+    assert all(len(line) <= 80 or " " not in line.strip() for line in text.splitlines()), text  # a long path alone
+
+
+def test_summary_fits_80_columns_and_shows_prompts_as_read(tmp_path):
+    long_prompt = " understandynamda History technical heart and a great deal more text than fits"
+    records = [
+        record("a1b2c3d4", dev_objective=-0.6446, perplexity=4.292e5),
+        record("e5f6a7b8", dev_objective=-0.68, perplexity=1.96e5),
+    ]
+    records = [replace(records[0], prompt_text=long_prompt), replace(records[1], prompt_text=" ADD unacceptablescrib")]
+    spec = make_spec(objectives=[Objective(keys.TASK_DEV_OBJECTIVE, Mode.MAX), Objective(keys.PERPLEXITY, Mode.MIN)])
+    text = render_summary(export_pareto(records, spec, tmp_path / "out"))
+    table = [line for line in text.splitlines() if line.startswith("  ")]
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert any(line.endswith("' ADD unacceptablescrib'") for line in table), text  # leading space kept
+    assert any("' understandynamda History" in line and line.endswith("…'") for line in table), text
+    flat = " ".join(text.split())
+    assert "dev_objective = task/dev_objective (max)" in flat and "perplexity = interp/perplexity (min)" in flat
 
 
 # --- edge cases without Ray ----------------------------------------------------------------
@@ -323,7 +342,7 @@ def test_no_completed_trial_writes_trials_csv_and_skips_plots(tmp_path):
         "non-finite interp/perplexity=inf",
     ]
     assert json.loads((tmp_path / "pareto.json").read_text())["frontier"] == []
-    text = render_summary(summary)
+    text = " ".join(render_summary(summary).split())  # wrapped at 80 columns
     assert "0 on the Pareto frontier" in text and "no completed trial" in text
 
 

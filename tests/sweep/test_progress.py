@@ -45,7 +45,8 @@ def test_one_line_per_event_when_not_a_terminal(tmp_path):
     out, clock = io.StringIO(), Clock()
     progress = SweepProgress(spec(tmp_path), steps_per_trial=2, console=Console(file=out, width=300), clock=clock)
     events(progress, clock)
-    lines = out.getvalue().splitlines()
+    first, *lines = out.getvalue().splitlines()
+    assert first == "[     0s] first trial started"  # the start-up phases' last line, on the same clock
     assert len(lines) == 5, lines  # started, evaluated, done, started, failed; no step-report line
     assert all(not re.search(r"\x1b\[", line) for line in lines)  # plain text for logs
     assert "trial a1 started (alpha=0, L=3)" in lines[0]
@@ -73,3 +74,28 @@ def test_eta_unknown_before_the_first_step(tmp_path):
     progress = SweepProgress(spec(tmp_path), steps_per_trial=8, console=Console(file=io.StringIO()))
     progress.trial_started("a1", {"alpha": 0.0, "prompt_length": 3})
     assert progress.eta_s() is None and "ETA ?" in progress.footer() and "steps 0/16" in progress.footer()
+
+
+def test_live_table_clock_moves_between_events(tmp_path):
+    """Every refresh renders anew: with no Tune event for 12 s the footer still says 12s."""
+    out, clock = io.StringIO(), Clock()
+    console = Console(file=out, force_terminal=True, width=200, height=40)
+    progress = SweepProgress(spec(tmp_path), steps_per_trial=2, console=console, clock=clock, started=clock.now - 3)
+    progress.start()
+    progress.trial_started("a1", {"alpha": 0.0, "prompt_length": 3})
+    clock.now += 12  # no event in between: only the live display's own refresh
+    progress.live.refresh()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    progress.stop()
+    assert "[     3s] first trial started" in shown  # the command's clock, not the table's
+    assert "elapsed 15s" in shown
+
+
+def test_start_up_lines_share_the_command_clock_and_fit_80_columns(capsys):
+    from scrutable.sweep.terminal import say
+
+    clock = Clock()
+    say(clock.now - 7, "loading the scorer smollm2-135m in the shared actor " + "x" * 60, clock=clock)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[     7s] loading the scorer smollm2-135m")
+    assert len(lines) == 2 and all(len(line) <= 80 for line in lines)

@@ -37,9 +37,10 @@ import numpy as np
 from scrutable.metrics import keys
 from scrutable.paths import atomic_path, write_atomically
 from scrutable.sweep.pareto import Direction, default_reference, hypervolume, non_dominated
-from scrutable.sweep.plots import SHORT_PARAM, plot_html, plot_png, truncate
+from scrutable.sweep.plots import SHORT_PARAM, plot_html, plot_png
 from scrutable.sweep.results import FAILED, TrialRecord
 from scrutable.sweep.spec import SweepSpec
+from scrutable.sweep.terminal import WIDTH, fit, quote_prompt
 
 REFERENCE_MARGIN = 0.1  # passed to default_reference
 _DIRECTION: dict[str, Direction] = {"max": "maximize", "min": "minimize"}
@@ -140,7 +141,7 @@ def export_pareto(
         failures={r.trial_id: r.error or "" for r in records if r.status == FAILED},
         notes=notes,
     )
-    write_atomically(files["pareto.json"], json.dumps(_summary_json(summary), indent=2, allow_nan=False) + "\n")
+    write_atomically(files["pareto.json"], json.dumps(summary_json(summary), indent=2, allow_nan=False) + "\n")
 
     plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
     if eligible:
@@ -240,7 +241,7 @@ def _frontier_json(record: TrialRecord) -> dict[str, Any]:
     }
 
 
-def _summary_json(summary: ParetoSummary) -> dict[str, Any]:
+def summary_json(summary: ParetoSummary) -> dict[str, Any]:
     reference = None
     if summary.reference is not None:
         reference = {
@@ -268,47 +269,60 @@ def _summary_json(summary: ParetoSummary) -> dict[str, Any]:
 # --- the one-screen summary ----------------------------------------------------------------
 
 
-def render_summary(summary: ParetoSummary, max_rows: int = 15) -> str:
-    """A plain-text table of the frontier, counts, hypervolume and files (fits one screen)."""
+def render_summary(summary: ParetoSummary, max_rows: int = 15, width: int = WIDTH) -> str:
+    """A plain-text table of the frontier, counts, hypervolume and files, `width` columns wide.
+
+    Objective columns are headed by the metric's short name (`dev_objective`); a legend line
+    gives each one's full key and direction. The prompt column takes the width that is left,
+    quoted with its leading space and cut with an ellipsis; the full text is in pareto.csv."""
     lines = [
-        f"sweep {summary.sweep}: {summary.n_trials} trials, {summary.n_completed} completed, "
-        f"{summary.n_failed} failed, {summary.n_excluded} excluded; {len(summary.frontier)} on the Pareto frontier"
+        fit(
+            f"sweep {summary.sweep}: {summary.n_trials} trials, {summary.n_completed} completed, "
+            f"{summary.n_failed} failed, {summary.n_excluded} excluded; {len(summary.frontier)} on the "
+            "Pareto frontier",
+            width=width,
+        )
     ]
     if summary.frontier:
-        header = [
-            "trial",
-            *(f"{m} ({d})" for m, d in zip(summary.metric_names, summary.directions, strict=True)),
-            *(SHORT_PARAM.get(p, p) for p in summary.param_names),
-            "prompt",
+        short = [m.rsplit("/", 1)[-1] for m in summary.metric_names]
+        legend = ", ".join(
+            f"{name} = {m} ({d})" for name, m, d in zip(short, summary.metric_names, summary.directions, strict=True)
+        )
+        lines.append(fit(f"objectives: {legend}", width=width))
+        header = ["trial", *short, *(SHORT_PARAM.get(p, p) for p in summary.param_names), "prompt"]
+        rows = [
+            [
+                r.trial_id,
+                *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
+                *(_cell(r.params.get(p)) for p in summary.param_names),
+                r.prompt_text,
+            ]
+            for r in summary.frontier[:max_rows]
         ]
-        rows = []
-        for r in summary.frontier[:max_rows]:
-            rows.append(
-                [
-                    r.trial_id,
-                    *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
-                    *(_cell(r.params.get(p)) for p in summary.param_names),
-                    repr(truncate(r.prompt_text, 40)),
-                ]
-            )
-        widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
-        for row in [header, *rows]:
-            lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+        widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header) - 1)]
+        prompt_chars = max(width - 2 - sum(w + 2 for w in widths), 12)
+        for i, row in enumerate([header, *rows]):
+            prompt = row[-1] if i == 0 else quote_prompt(row[-1], prompt_chars)
+            cells = [str(cell).ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+            lines.append(("  " + "  ".join([*cells, prompt])).rstrip())
         if len(summary.frontier) > max_rows:
             lines.append(f"  ... and {len(summary.frontier) - max_rows} more in pareto.csv")
     if summary.hypervolume is not None and summary.reference is not None:
         reference = ", ".join(f"{m}={v:.4g}" for m, v in zip(summary.metric_names, summary.reference, strict=True))
         lines.append(
-            f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; {summary.reference_source})"
+            fit(
+                f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; {summary.reference_source})",
+                width=width,
+            )
         )
     for trial_id, reason in list(summary.failures.items())[:5]:
-        lines.append(f"failed {trial_id}: {reason}")
+        lines.append(fit(f"failed {trial_id}: {reason}", width=width))
     if len(summary.failures) > 5:
         lines.append(f"... and {len(summary.failures) - 5} more failures in trials.csv")
-    lines += [f"note: {note}" for note in summary.notes]
+    lines += [fit(f"note: {note}", width=width) for note in summary.notes]
     folder = next(iter(summary.files.values())).parent if summary.files else None
     if folder is not None:
-        lines.append(f"files in {folder}: {', '.join(summary.files)}")
+        lines.append(fit(f"files in {folder}/: {', '.join(summary.files)}", width=width))
     return "\n".join(lines)
 
 

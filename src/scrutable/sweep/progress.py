@@ -6,6 +6,11 @@ estimate of the time left. When stdout is not a terminal (CI, `> sweep.log`), ea
 (trial started, evaluated, finished, failed) is one line carrying the same footer, so the
 log grows with events, not with trials x redraws.
 
+Every time shown, here and in the start-up lines (`say`), counts from one clock: the
+command's start (`started`, `time.monotonic()`), so the footer, the event lines and the
+final "finished in" agree. The live table is re-rendered on every refresh (twice a
+second), not only on events, so its clock never freezes between Tune events.
+
 The estimate is the naive one: the time per step so far (model loading included) times
 the steps left, where a trial's steps are its spec's `training.steps` and a failed trial
 counts as done. It settles once every concurrent trial has reported once.
@@ -31,6 +36,7 @@ from rich.text import Text
 
 from scrutable.metrics import keys
 from scrutable.sweep.spec import SweepSpec
+from scrutable.sweep.terminal import duration as _duration
 
 SHORT_PARAM = {"prompt_length": "L", "learning_rate": "lr"}
 
@@ -53,12 +59,14 @@ class SweepProgress:
         steps_per_trial: int,
         console: Console | None = None,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         self.spec = spec
         self.steps_per_trial = steps_per_trial
         self.console = console or Console()
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started  # the command's start: one clock
+        self.first_trial_seen = False
         self.rows: dict[str, TrialRow] = {}
         self.failed: dict[str, str] = {}
         self.live: Live | None = None
@@ -66,10 +74,14 @@ class SweepProgress:
     # --- events -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the live table (terminals only); event lines need nothing started."""
-        self.started = self.clock()
+        """Start the live table (terminals only); event lines need nothing started.
+
+        `get_renderable` makes every refresh (twice a second) render the table anew, so the
+        elapsed time and the estimate move between Tune events too."""
         if self.console.is_terminal and self.live is None:
-            self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+            self.live = Live(
+                console=self.console, refresh_per_second=2, transient=False, get_renderable=self.render
+            )
             self.live.start()
 
     def stop(self) -> None:
@@ -81,6 +93,11 @@ class SweepProgress:
     def trial_started(self, trial_id: str, params: dict[str, Any]) -> None:
         row = self.rows.setdefault(trial_id, TrialRow(params))
         row.status = "RUNNING"
+        if not self.first_trial_seen:
+            self.console.print(
+                f"[{_duration(self.clock() - self.started):>7}] first trial started", markup=False, highlight=False
+            )
+        self.first_trial_seen = True
         self._event(f"trial {trial_id} started ({_params_text(params)})")
 
     def trial_result(self, trial_id: str, params: dict[str, Any], result: dict[str, Any]) -> None:
@@ -161,7 +178,7 @@ class SweepProgress:
             self._refresh()
             return
         self.console.print(
-            f"[{_duration(self.clock() - self.started):>7}] {message} | {self.footer()}",
+            f"[{_duration(self.clock() - self.started):>7}] {message} | {self.footer()}",  # a log line: never wrapped
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -180,11 +197,16 @@ class TuneProgress(Callback):
 
     # Tune pickles its callbacks into the experiment state and `Tuner.restore` brings them
     # back: keep the spec, and give the resumed driver a fresh table on its own stdout.
+    # The command's start travels as wall time: monotonic readings mean nothing in another process.
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.progress.spec, "steps_per_trial": self.progress.steps_per_trial}
+        progress = self.progress
+        started_wall = time.time() - (progress.clock() - progress.started)
+        return {"spec": progress.spec, "steps_per_trial": progress.steps_per_trial, "started_wall": started_wall}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.progress = SweepProgress(state["spec"], steps_per_trial=state["steps_per_trial"])
+        started_wall = state.get("started_wall")
+        started = None if started_wall is None else time.monotonic() - max(time.time() - started_wall, 0.0)
+        self.progress = SweepProgress(state["spec"], steps_per_trial=state["steps_per_trial"], started=started)
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune passes keywords only
         self.progress.start()
@@ -234,12 +256,3 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def _objectives_text(objectives: dict[str, float]) -> str:
     return ", ".join(f"{k}={_cell(v)}" for k, v in objectives.items()) or "no objectives reported"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
