@@ -4,7 +4,9 @@ the figures and Pareto copies exist, a rerun writes identical bytes and keeps th
 under the comparison marker, the printed command rebuilds the recorded spec, and a folder
 that is not a sweep is one error line with exit code 2."""
 
+import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -20,7 +22,7 @@ from scrutable.sweep.launcher import run_sweep
 from scrutable.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the first test pays for the six-trial fixture
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,22 @@ def table_rows(markdown, header_start):
     return [c.strip() for c in lines[start].strip("|").split("|")], rows
 
 
+def table_after(markdown, heading):
+    """The first table under the first line equal to `heading`: header cells and row cells."""
+    lines = markdown.splitlines()
+    start = next(i for i in range(lines.index(heading), len(lines)) if lines[i].startswith("|"))
+    return table_rows("\n".join(lines[start:]), lines[start])
+
+
+def quoted(text):
+    """A prompt as a table cell shows it: JSON-quoted in backticks, pipes escaped."""
+    return "`" + json.dumps(text, ensure_ascii=False).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def number(cell):
+    return float(cell.replace("×", ""))
+
+
 def mean_std(cell):
     mean, _, std = cell.partition(" ± ")
     return float(mean), float(std) if std else None
@@ -103,6 +121,50 @@ def test_report_tables_plots_and_reruns(sweeps, tmp_path, monkeypatch):
     assert [float(r[0]) for r in rows] == [0.0, 10.0]
     for last in (last for _, last in trials.values()):  # every trial's prompt is in the document
         assert json.dumps(last["prompt/text"], ensure_ascii=False).replace("|", "\\|") in text
+
+    # The frontier table is pareto.csv, and pareto.csv is the non-dominated set of the trials'
+    # own results (dev objective up, perplexity down), found here by brute force.
+    with (pez / "pareto" / "pareto.csv").open(newline="") as handle:
+        exported = list(csv.DictReader(handle))
+    header, frontier = table_after(text, "### Pareto frontier")
+    objectives = ["task/dev_objective", "interp/perplexity"]
+    first = header.index(objectives[0])
+    assert header[first : first + 3] == [*objectives, "test accuracy"] and header[-1] == "prompt"
+    in_table = sorted((row[-1], *(number(c) for c in row[first : first + 3])) for row in frontier)
+    in_csv = sorted(
+        (quoted(r["prompt_text"]), *(float(r[k]) for k in [*objectives, "task/test_metric"])) for r in exported
+    )
+    assert [row[0] for row in in_table] == [row[0] for row in in_csv] and len(in_table) >= 1
+    for shown, stored in zip(in_table, in_csv, strict=True):
+        assert shown[1:] == pytest.approx(stored[1:], rel=1e-3)
+    points = [(last[objectives[0]], last[objectives[1]], last["prompt/text"]) for _, last in trials.values()]
+
+    def dominated(p):
+        return any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for q in points)
+
+    assert sorted(quoted(p[2]) for p in points if not dominated(p)) == [row[0] for row in in_csv]
+    shown_order = [number(row[first]) for row in frontier]
+    assert shown_order == sorted(shown_order, reverse=True)  # best dev objective first
+
+    # The comparison's numbers, recomputed: the test-accuracy difference of means at alpha=10
+    # minus alpha=0 with its standard error, and the ratio of geometric-mean perplexities.
+    by_alpha = {a: [last for params, last in trials.values() if params["alpha"] == a] for a in (0.0, 10.0)}
+    accuracy = {a: [r["task/test_metric"] for r in rows_] for a, rows_ in by_alpha.items()}
+    difference = statistics.fmean(accuracy[10.0]) - statistics.fmean(accuracy[0.0])
+    error = math.sqrt(sum(statistics.variance(v) / len(v) for v in accuracy.values()))
+    ratio = math.exp(
+        statistics.fmean(math.log(r["interp/perplexity"]) for r in by_alpha[10.0])
+        - statistics.fmean(math.log(r["interp/perplexity"]) for r in by_alpha[0.0])
+    )
+    found = re.search(
+        r"alpha=10 minus at alpha=0: (\S+) ± (\S+) \(n=2 vs 2\); perplexity at alpha=10 / at alpha=0 "
+        r"\(geometric means\): ×(\S+)\.",
+        text,
+    )
+    assert found is not None, text[text.index("## Comparison") :]
+    assert number(found.group(1)) == pytest.approx(difference, rel=1e-3, abs=1e-9)
+    assert number(found.group(2)) == pytest.approx(error, rel=1e-3, abs=1e-9)
+    assert number(found.group(3)) == pytest.approx(ratio, rel=1e-3)
 
     # The English-phrase reference comes from the folder's cache, computed with the scorer.
     cache = json.loads((pez / "reference_perplexity.json").read_text())

@@ -91,22 +91,38 @@ def test_config_from_mapping_coerces_strings_and_rejects_unknown_keys():
         from_mapping(config_cls, {"topk": 50})
 
 
+def z(values: list[float]) -> list[float]:
+    """(x - mean) / (population std + 1e-4), written out: the oracle for the module's zscore."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / (std + 1e-4) for v in values]
+
+
 def test_combine_rewards_placements():
-    task = torch.tensor([-150.0, 20.0, 90.0, 180.0])  # gap rewards: a scale of hundreds
-    nll = torch.tensor([9.0, 4.0, 7.0, 3.0])  # log perplexities: a few nats
-    base = dict(reward_shaping=(0.0, 1.0, 0.0, 5.0))
+    task_list, nll_list = [-150.0, 20.0, 90.0, 180.0], [9.0, 4.0, 7.0, 3.0]
+    task = torch.tensor(task_list)  # gap rewards: a scale of hundreds
+    nll = torch.tensor(nll_list)  # log perplexities: a few nats
+    base = dict(reward_shaping=(0.0, 1.0, 0.0, 5.0))  # shape(x) = (x - 0) / (1 - 0) * (5 - 0) + 0 = 5x
+
+    def close(got: torch.Tensor, expected: list[float]) -> None:
+        assert got.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
     # alpha = 0 is the reference: 5 * z(task), whatever the perplexities.
     for placement in ("after_zscore", "before_zscore"):
         config = RLPromptConfig(alpha=0.0, perplexity_placement=placement, **base)
-        torch.testing.assert_close(combine_rewards(task, nll, config), 5 * zscore(task))
+        close(combine_rewards(task, nll, config), [5 * r for r in z(task_list)])
 
-    after = RLPromptConfig(alpha=2.0, **base)
-    torch.testing.assert_close(combine_rewards(task, nll, after), 5 * (zscore(task) - 2.0 * zscore(nll)))
-    before = RLPromptConfig(alpha=2.0, perplexity_placement="before_zscore", **base)
-    torch.testing.assert_close(combine_rewards(task, nll, before), 5 * zscore(task - 2.0 * nll))
+    pairs = list(zip(task_list, nll_list, strict=True))
+    after = RLPromptConfig(alpha=2.0, **base)  # 5 * (z(task) - 2 z(nll))
+    expected = [5 * (r - 2.0 * t) for r, t in zip(z(task_list), z(nll_list), strict=True)]
+    close(combine_rewards(task, nll, after), expected)
+    before = RLPromptConfig(alpha=2.0, perplexity_placement="before_zscore", **base)  # 5 * z(task - 2 nll)
+    close(combine_rewards(task, nll, before), [5 * r for r in z([r - 2.0 * t for r, t in pairs])])
+    # No z-score: shape(task - 2 nll) from [0, 100] onto [-10, 10] = (x - 0) / 100 * 20 - 10.
     raw = RLPromptConfig(alpha=2.0, zscore=False, reward_shaping=(0.0, 100.0, -10.0, 10.0))
-    torch.testing.assert_close(combine_rewards(task, nll, raw), (task - 2.0 * nll) / 5 - 10)
+    close(combine_rewards(task, nll, raw), [(r - 2.0 * t) / 100 * 20 - 10 for r, t in pairs])
+    # One value by hand: prompt 0 under `raw` is (-150 - 18) / 5 - 10 = -43.6.
+    assert combine_rewards(task, nll, raw)[0].item() == pytest.approx(-43.6)
 
     # Why after_zscore is the default: at alpha = 1 the perplexity term moves the shaped
     # rewards as much as the task term does; in the raw form it is lost in the gap
