@@ -15,6 +15,8 @@ import errno
 import os
 import re
 import shutil
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     unwritable: bool = False
     fault: int | None = None  # an errno raised by every atomic rename (os.replace in scrutable.paths)
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def spec_file(name: str = "spec.yaml", **changes: object) -> Callable[[Path], None]:
@@ -124,6 +127,41 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(5)
 )  # 10**6 values from ~300 bytes
 LONG = "n" * 300  # one name over the 255-byte limit (ENAMETOOLONG)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+HTTP_PORT, SILENT_PORT = free_port(), free_port()
+
+
+def not_ray(port: int, answer: bytes | None) -> Callable[[Path], None]:
+    """A server on 127.0.0.1:port that is not Ray: it answers `answer` and closes, or (None)
+    accepts and says nothing. Lives in a daemon thread for the rest of the test session."""
+
+    def make(root: Path) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        held: list[socket.socket] = []
+
+        def serve() -> None:
+            while True:
+                connection, _ = server.accept()
+                if answer is None:
+                    held.append(connection)
+                else:
+                    connection.recv(1024)
+                    connection.sendall(answer)
+                    connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    return make
 
 
 def gpus() -> int:
@@ -415,6 +453,20 @@ CASES = [
         "not UTF-8",
         both(spec_file(), data_copy("sentence\tlabel\ngood film\t1\n"), text_file("data/sst2/test.tsv", b"\xff\n")),
     ),
+    Case(
+        "sweep-address-is-a-web-server",
+        [*SWEEP, "--address", f"127.0.0.1:{HTTP_PORT}"],
+        "is not a Ray cluster",
+        both(spec_file(), not_ray(HTTP_PORT, b"HTTP/1.1 400 Bad Request\r\n\r\n")),
+    ),
+    Case(
+        "sweep-ray-address-env-is-a-silent-port",
+        SWEEP,
+        "is not a Ray cluster",
+        both(spec_file(), not_ray(SILENT_PORT, None)),
+        env=(("RAY_ADDRESS", f"127.0.0.1:{SILENT_PORT}"),),
+    ),
+    Case("sweep-address-without-port", [*SWEEP, "--address", "10.0.0.5"], "has no port", spec_file()),
     Case("sweep-empty-folder", ["sweep", "empty"], "not a sweep folder", empty_folder("empty")),
     Case("sweep-empty-folder-resume", ["sweep", "empty", "--resume"], "not a sweep folder", empty_folder("empty")),
     Case(
@@ -482,6 +534,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCRUTABLE_STATE_KEY", str(tmp_path / "key" / "state.key"))
     monkeypatch.setenv("SCRUTABLE_DATA_DIR", str(DATA))
+    for name, value in case.env:
+        monkeypatch.setenv(name, value)
     if case.setup is not None:
         case.setup(tmp_path)
     if case.fault is not None:

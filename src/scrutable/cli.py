@@ -394,10 +394,14 @@ def _check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
     root's /proc is refused too) and, on a local Ray, resources no node here can offer."""
     import os
 
+    from scrutable.sweep.probe import check_ray_address
     from scrutable.sweep.spec import check_data, check_resources_fit
 
     check_writable(spec.folder(), "the sweep folder", folder=True)  # storage/name, or local_dir/name for a URI
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)  # seconds, not ray.init's minutes against a port that is not Ray's
+    else:
         check_resources_fit(spec, str(args.spec))
     check_data(spec)
 
