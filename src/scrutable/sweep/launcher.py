@@ -372,6 +372,7 @@ def run_sweep(
         if not tune.Tuner.can_restore(location):
             raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
         resuming.check_compatible(resuming.stored_spec(folder), spec, folder)  # before spec.yaml changes
+        resuming.check_stores(folder, spec)  # mlflow.db / optuna.db: readable, locations inside the folder
         if local and not trust_folder:
             trust.verify(tune_dir)  # before Ray unpickles anything from the folder
     elif tune.Tuner.can_restore(location) if not local else Path(location).exists():
@@ -416,9 +417,12 @@ def run_sweep(
     wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
-    tuner = build_tuner(spec, folder, location, wrapped, callbacks, (uri, experiment_id), resume=resume)
+    from scrutable.sweep.tune_log import tune_log  # Tune's warnings to folder/tune.log; a failed restore refused
+
+    with tune_log(folder, resume=resume):  # Tuner.restore reads the state here too
+        tuner = build_tuner(spec, folder, location, wrapped, callbacks, (uri, experiment_id), resume=resume)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), tune_log(folder, resume=resume):
             tuner.fit()
     finally:
         stop_all()

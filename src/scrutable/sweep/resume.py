@@ -72,3 +72,61 @@ def check_compatible(stored: SweepSpec, given: SweepSpec, folder: Path) -> None:
             f"(`scrutable sweep {folder} --resume`; only {', '.join(MAY_CHANGE)} may change) or start a new "
             "sweep under another name"
         )
+
+
+# --- the folder's databases, read before a resume writes anything ---------------------------
+
+
+def check_stores(folder: Path, spec: SweepSpec) -> None:
+    """Refuse a resume whose databases would send writes outside the sweep folder, or that
+    cannot be read at all, before MLflow, Optuna or Tune touch them.
+
+    The signature (`sweep/trust.py`) covers Tune's pickles only, so `mlflow.db` is read here:
+    the sweep's MLflow experiment and every run in it must have a proxied artifact location
+    (`mlflow-artifacts:/...`, `sweep/artifacts.py`) that resolves under
+    `<folder>/mlartifacts`. A location changed to another place on disk, or `..` in it,
+    would make the resumed driver write card.json, spec.yaml and the Pareto files there.
+    `optuna.db` must be a readable SQLite database holding the sweep's study, so a corrupt
+    file is one line, not a traceback (and Optuna never starts a blank study in its place).
+    Stores elsewhere (a tracking server, a Postgres study) are not the folder's to check."""
+    from scrutable.sweep.artifacts import ARTIFACTS_DIR, PROXIED, local_path
+    from scrutable.sweep.tracking import default_uri
+
+    fix = "restore the file from a copy, or start a new sweep with --out NEW_FOLDER"
+    if (spec.tracking.uri or default_uri(folder)) == default_uri(folder) and (folder / "mlflow.db").is_file():
+        experiment = spec.tracking.experiment or spec.name
+        rows = _query(
+            folder / "mlflow.db",
+            "SELECT 'experiment ' || e.name, e.artifact_location FROM experiments e WHERE e.name = ? "
+            "UNION ALL SELECT 'run ' || r.run_uuid, r.artifact_uri FROM runs r JOIN experiments e "
+            "ON r.experiment_id = e.experiment_id WHERE e.name = ?",
+            (experiment, experiment),
+            fix,
+        )
+        root = (folder / ARTIFACTS_DIR).resolve()
+        for what, location in rows:
+            path = local_path(folder, str(location or ""))
+            if path is None or not path.resolve().is_relative_to(root):
+                raise UserError(
+                    f"{folder / 'mlflow.db'} sends the artifacts of {what} to {str(location)[:200]!r}, outside "
+                    f"{root} (expected {PROXIED}:/...): refusing to resume a folder whose store was changed; {fix}"
+                )
+    optuna_db = folder / "optuna.db"
+    if spec.optuna_storage is None and optuna_db.is_file():
+        studies = _query(optuna_db, "SELECT study_name FROM studies", (), fix)
+        if (spec.name,) not in [tuple(row) for row in studies]:
+            raise UserError(f"{optuna_db} holds no study named '{spec.name}': {fix}")
+
+
+def _query(path: Path, sql: str, parameters: tuple[str, ...], fix: str) -> list[Any]:
+    """Rows from a SQLite file opened read-only; a corrupt or foreign file is one UserError."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return connection.execute(sql, parameters).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise UserError(f"{path} cannot be read as the sweep's database ({exc}): {fix}") from None
