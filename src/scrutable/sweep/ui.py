@@ -87,6 +87,9 @@ def sqlite_experiment_id(db: Path, experiment: str) -> str:
 
 def check_port(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds (uvicorn sets SO_REUSEADDR): a port held only by the last run's
+        # closed connections (TIME_WAIT, about a minute) is free for it; a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError as exc:
