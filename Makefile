@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   # install, then run the offline quickstart sweep (sweeps/quickstart.yaml)
+#                     # (make quickstart SMOKE=1: tiny models, about a minute; CI runs it)
 #   make test         # install, then run the test suite offline
 # Results (hours on a 2-core CPU; resumable: rerun after an interruption):
 #   make results          # the sweeps of sweeps/results/ + smoke Yelp/BoolQ, then docs/results.md
@@ -31,8 +32,10 @@ install: $(VENV)/.installed
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# SMOKE=1: the same command on tiny models in a minute (what CI runs), in runs/quickstart-smoke.
 quickstart: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/scrutable sweep sweeps/quickstart.yaml
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/scrutable sweep sweeps/quickstart.yaml \
+	  $(if $(SMOKE),--smoke --set name=quickstart-smoke)
 
 results: install
 	for s in $(RESULT_SWEEPS); do \
