@@ -354,6 +354,7 @@ def run_sweep(
     from scrutable.sweep.results import collect_trials
     from scrutable.sweep.scorer_actor import start_scorer
     from scrutable.sweep.trainable import with_spec
+    from scrutable.sweep.ui import frontier_url
 
     # --- setup --------------------------------------------------------------------------
     os.environ.update(QUIET_ENV)
@@ -389,6 +390,7 @@ def run_sweep(
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
+    tracking.save_views(uri, experiment_id, spec.metric_names, spec.directions, list(spec.search))
     actor = start_scorer(
         spec.name,
         spec.scorer,
@@ -492,4 +494,7 @@ def run_sweep(
         print(f"sweep failed: every one of its {failed} trials failed (reasons above); nothing to compare")
     else:
         print(f"sweep finished in {elapsed:.0f} s; MLflow: scrutable ui {folder}")
+        compare = frontier_url(folder)
+        if compare:  # a URL is never cut to the terminal's width
+            print(f"frontier runs charted in MLflow (once `scrutable ui` serves it):\n  {compare}")
     return summary

@@ -39,6 +39,7 @@ from ray.tune import Callback
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.sweep.artifacts import ArtifactWriter, experiment_location
+from scrutable.sweep.ui import FRONTIER_TAG, PROMPT_TAG, view_tags
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0)  # backoff between tries of one write; the driver loop waits
 PARENT_TAG = "scrutable.role"
@@ -113,6 +114,31 @@ def connect(uri: str, experiment: str, folder: Path) -> tuple[str, str]:
             f"MLflow tracking store {uri} is unreachable ({type(exc).__name__}): start the server, fix "
             "tracking.uri, or remove it to use SQLite under the sweep folder"
         ) from None
+
+
+def save_views(uri: str, experiment_id: str, metrics: list[str], directions: list[str], searched: list[str]) -> None:
+    """The saved views `scrutable ui` links to (`ui.view_tags`): the runs table with the
+    objectives, searched values and prompt as columns, and the frontier's charts. Rewritten at
+    every start, so a resumed sweep's views follow its spec."""
+    client = _client(uri)
+    for key, value in view_tags(metrics, directions, searched, TRIAL_TAG).items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def mark_frontier(client: Any, parent_id: str, frontier_trials: set[str]) -> None:
+    """Tag every trial run of the sweep `pareto_frontier` yes or no (the frontier view's filter)."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", page_token=token
+        )
+        for run in page:
+            on = run.data.tags.get(TRIAL_TAG) in frontier_trials
+            client.set_tag(run.info.run_id, FRONTIER_TAG, "yes" if on else "no")
+        token = page.token
+        if not token:
+            return
 
 
 def find_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
@@ -381,7 +407,7 @@ class MlflowTracking(Callback):
             if keys.PROMPT_TEXT in result and keys.TRAIN_STEP in result:
                 step = int(result[keys.TRAIN_STEP])
                 self.artifacts.text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
-                self.client.set_tag(run_id, "prompt", str(result[keys.PROMPT_TEXT])[:250])
+                self.client.set_tag(run_id, PROMPT_TAG, str(result[keys.PROMPT_TEXT])[:250])
 
         self._safely(write, f"trial {trial.trial_id} step {result.get(keys.TRAIN_STEP)}")
 
@@ -494,6 +520,8 @@ def finish_parent(
     if hypervolume is not None and math.isfinite(hypervolume):
         values[keys.PARETO_HYPERVOLUME] = float(hypervolume)
     client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+    frontier = summary.get("pareto", {}).get("frontier", [])
+    mark_frontier(client, parent_id, {str(row["trial_id"]) for row in frontier})
     if (folder / "spec.yaml").is_file():
         writer.file(parent_id, folder / "spec.yaml")
     for path in files:
