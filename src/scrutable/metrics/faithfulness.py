@@ -52,7 +52,8 @@ def output_differential(
     batch: Sequence[Any],
 ) -> OutputDifferential:
     """Compare the outputs with `soft_prompt` (L, D) and with `token_ids` (L,)."""
-    both = torch.stack([soft_prompt.detach(), lm.embedding_matrix[token_ids]])  # (2, L, D)
+    hard = lm.embedding_matrix[token_ids.to(lm.device)]  # (L, D)
+    both = torch.stack([soft_prompt.detach().to(device=lm.device, dtype=hard.dtype), hard])  # (2, L, D)
     logits = task.vocab_logits(lm, both, batch)  # (2, B, V)
     answers = task.verbalizer_ids(lm) if hasattr(task, "verbalizer_ids") else None
     return output_differential_from_logits(logits[0], logits[1], answers)

@@ -5,6 +5,9 @@ For prompt vectors P (..., L, D) and the vocabulary embedding matrix E (V, D):
   matrix product over the vocabulary, never a Python loop;
 - cosine: argmax_v (P_i . E_v) / (||P_i|| ||E_v||); the reported distance is 1 - cosine.
 The mean of the per-token distances is the paper's *distance differential*.
+
+Distances are computed in float32 when the embeddings are bfloat16/float16: the expanded
+Euclidean form subtracts numbers of similar size, which 8 bits of mantissa cannot resolve.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def nearest_tokens(
 ) -> Unembedding:
     """Nearest vocabulary token per prompt vector: prompt (..., L, D), embeddings (V, D)."""
     distance = Distance(distance)
-    prompt = prompt.detach().to(embeddings.dtype)
+    precision = torch.promote_types(embeddings.dtype, torch.float32)
+    embeddings = embeddings.to(precision)
+    prompt = prompt.detach().to(device=embeddings.device, dtype=precision)
     if distance is Distance.COSINE:
         similarity = F.normalize(prompt, dim=-1) @ F.normalize(embeddings, dim=-1).T  # (..., L, V)
         best, ids = similarity.max(dim=-1)
@@ -63,5 +68,5 @@ def project_to_vocabulary(
     straight to `prompt` (Wen et al. 2023, "Hard Prompts Made Easy", Algorithm 1).
     """
     ids = nearest_tokens(prompt, embeddings, distance).token_ids
-    projected = embeddings[ids]
+    projected = embeddings[ids].to(prompt.dtype)
     return ids, prompt + (projected - prompt).detach()

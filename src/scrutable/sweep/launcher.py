@@ -396,6 +396,8 @@ def run_sweep(
         spec.scorer,
         spec.fixed_config().get("data_dir"),
         num_gpus=spec.scorer_resources.gpu,
+        num_cpus=spec.scorer_resources.cpu,
+        dtype=spec.scorer_resources.dtype,
         max_batch=spec.scorer_resources.max_batch,
         max_wait_ms=spec.scorer_resources.max_wait_ms,
         stats_path=str(folder / "scorer_stats.json"),  # the counts survive actor restarts and --resume

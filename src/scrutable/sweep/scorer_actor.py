@@ -17,7 +17,11 @@ so concurrent trials share passes. The actor counts batch sizes and how many bat
 mixed requests from more than one trial, and keeps the counts in a file if given one, so
 they survive a restart of the actor (and of the sweep, on `--resume`).
 
-The actor takes no CPU slot (`num_cpus=0`) so it never blocks a trial from starting,
+Placement (`scorer_resources`): with `gpu > 0` the model runs on the GPU Ray reserved for
+the actor, in `dtype` (bfloat16 halves GPT2-XL's 6.2 GB). `cpu` is the CPU slots the actor
+reserves and the torch threads it computes with. The default 0 reserves none, so the
+actor never keeps a trial from starting, and torch then runs one thread: enough to feed a
+GPU; a CPU-only cluster gives the scorer cores with `scorer_resources.cpu`. The actor
 restarts itself and reloads the model after a crash (`max_restarts`), and `ActorScorer`
 retries a call that died with it.
 """
@@ -104,11 +108,20 @@ class ScorerService:
     """The actor's body (plain class: Ray wraps it with `ray.remote` in `start_scorer`)."""
 
     def __init__(
-        self, scorer: str, data_dir: str | None, max_batch: int, max_wait_ms: float, stats_path: str | None = None
+        self,
+        scorer: str,
+        data_dir: str | None,
+        max_batch: int,
+        max_wait_ms: float,
+        stats_path: str | None = None,
+        dtype: str = "float32",
     ) -> None:
         from scrutable.models import load_model
+        from scrutable.sweep.placement import place_worker
 
-        self.local = LocalScorer(load_model(scorer, data_dir=data_dir), max_batch=max_batch)
+        self.placement = place_worker("auto", "the scorer actor")  # its reserved GPU, if any
+        lm = load_model(scorer, data_dir=data_dir, device=self.placement.device, dtype=dtype)
+        self.local = LocalScorer(lm, max_batch=max_batch)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.stats_path = Path(stats_path) if stats_path else None
@@ -125,12 +138,18 @@ class ScorerService:
         self._save(force=True)
         return self.stats.summary()
 
-    def process_info(self) -> dict[str, float]:
-        """pid, torch threads and peak resident memory (MiB) of the actor's process."""
+    def process_info(self) -> dict[str, Any]:
+        """pid, torch threads, peak resident memory (MiB), the model's device and dtype."""
         import torch
 
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "peak_rss_mib": peak_mib}
+        return {
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "peak_rss_mib": peak_mib,
+            "device": str(self.local.lm.device),
+            "dtype": str(self.local.lm.dtype).removeprefix("torch."),
+        }
 
     async def perplexity(self, trial: str, requests: list[ScoreRequest], slack: float = 0.0) -> list[PerplexityResult]:
         return await self._submit("value", trial, list(requests), slack)
@@ -231,6 +250,8 @@ def start_scorer(
     max_batch: int,
     max_wait_ms: float,
     stats_path: str | None = None,
+    num_cpus: float = 0.0,
+    dtype: str = "float32",
 ) -> Any:
     """Create (or reuse, on resume) the sweep's named scorer actor and wait until it is up."""
     remote_cls: Any = ray.remote(ScorerService)
@@ -238,12 +259,12 @@ def start_scorer(
         name=actor_name(sweep_name),
         namespace=NAMESPACE,
         get_if_exists=True,
-        num_cpus=0,
+        num_cpus=num_cpus,
         num_gpus=num_gpus,
         max_restarts=-1,
         max_task_retries=RETRIES,
         max_concurrency=1000,
-    ).remote(scorer, data_dir, max_batch, max_wait_ms, stats_path)
+    ).remote(scorer, data_dir, max_batch, max_wait_ms, stats_path, dtype)
     ray.get(handle.identity.remote())
     return handle
 

@@ -10,10 +10,15 @@ or restores the trial, and turns every evaluation into
 values (`progress`) are buffered and sent at most once every `PROGRESS_EVERY_S` as a
 checkpoint-free report (`progress/step`, `progress/history`), or with the next evaluation,
 so MLflow charts every step without a Tune report per step.
+
+Placement: the trial's models run on the GPU Ray reserved for it (`resources.gpu`; the
+config's `device: auto`) with as many torch threads as its `resources.cpu`
+(`sweep/placement.py`); the method receives the resolved device in its config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -44,12 +49,15 @@ def tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainable(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    from scrutable.sweep.placement import place_worker
     from scrutable.sweep.scorer_actor import ActorScorer
     from scrutable.sweep.spec import spec_from_config
 
     sweep = spec_from_config(spec)
     method = get_method(sweep.method)
     trial_config = sweep.trial_config(sweep.space.decoded(config))
+    placement = place_worker(trial_config.device, "the trial (training.device)")
+    trial_config = dataclasses.replace(trial_config, device=placement.device)
     scorer = ActorScorer(sweep.name, tune.get_context().get_trial_id())
     node_id = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()

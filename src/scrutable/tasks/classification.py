@@ -85,7 +85,7 @@ class ClassificationTask:
         spliced = splice_prompt(lm, [p[0] for p in parts], [p[1] for p in parts], prompt_embeds)
         if lm.kind is ModelKind.SEQ2SEQ:
             start = lm.model.config.decoder_start_token_id
-            decoder_ids = torch.full((spliced.inputs_embeds.shape[0], 1), start, dtype=torch.long)
+            decoder_ids = torch.full((spliced.inputs_embeds.shape[0], 1), start, dtype=torch.long, device=lm.device)
             logits = lm.model(**spliced.model_kwargs(), decoder_input_ids=decoder_ids).logits
         else:
             logits = lm.model(**spliced.model_kwargs(), logits_to_keep=1).logits
@@ -119,7 +119,7 @@ class ClassificationTask:
 
     def loss(self, lm: LanguageModel, prompt_embeds: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
-        return F.cross_entropy(logits, _labels(batch))
+        return F.cross_entropy(logits.float(), _labels(batch, logits.device))  # float32 whatever the model's dtype
 
     @torch.no_grad()
     def evaluate(
@@ -141,7 +141,7 @@ class ClassificationTask:
         correct, log_prob = 0, 0.0
         for batch in self._batches(lm, examples, batch_size):
             logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
-            labels = _labels(batch)
+            labels = _labels(batch, logits.device)
             correct += int((logits.argmax(-1) == labels).sum())
             log_prob += float(F.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).sum())
         return Evaluated(metric=correct / len(examples), objective=log_prob / len(examples))
@@ -162,8 +162,8 @@ class ClassificationTask:
     @torch.no_grad()
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
         prompt_embeds = lm.embedding_matrix[prompt_ids]  # (P, L, D)
-        probs = self.output_logits(lm, prompt_embeds, batch).softmax(-1)  # (P, B, C)
-        labels = _labels(batch).expand(probs.shape[0], -1)  # (P, B)
+        probs = self.output_logits(lm, prompt_embeds, batch).float().softmax(-1)  # (P, B, C)
+        labels = _labels(batch, probs.device).expand(probs.shape[0], -1)  # (P, B)
         label_probs = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         others = probs.scatter(-1, labels.unsqueeze(-1), -1.0)
         gap = label_probs - others.max(-1).values
@@ -172,8 +172,8 @@ class ClassificationTask:
         return RewardResult(rewards=(gap * coeff).mean(-1), metric=correct.float().mean(-1))
 
 
-def _labels(batch: Sequence[LabeledExample]) -> torch.Tensor:
-    return torch.tensor([example.label for example in batch], dtype=torch.long)
+def _labels(batch: Sequence[LabeledExample], device: torch.device | None = None) -> torch.Tensor:
+    return torch.tensor([example.label for example in batch], dtype=torch.long, device=device)
 
 
 def hub_error(dataset: str, exc: Exception) -> UserError:

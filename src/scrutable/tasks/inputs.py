@@ -6,6 +6,10 @@ embeddings, left-padded so that position T-1 is every row's last real token (cau
 tasks read their answer there), with the attention mask and position ids that padding
 needs. A hard prompt is the same call with `embedding[prompt_ids]`: the model cannot tell
 a soft prompt that equals token embeddings from the tokens themselves.
+
+The index tensors are filled row by row on the CPU and moved to the model's device once;
+the prompt is cast to the model's dtype there, so a float32 prompt trains in front of a
+bfloat16 model and its gradient comes back in float32.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ def splice_prompt(
         slot[row, prompt_at : prompt_at + prompt_len] = torch.arange(prompt_len)
         attention[row, start:] = 1
 
+    token_ids, slot, attention = token_ids.to(lm.device), slot.to(lm.device), attention.to(lm.device)
     token_embeds = lm.model.get_input_embeddings()(token_ids)  # (B, T, D)
+    prompt_embeds = prompt_embeds.to(device=lm.device, dtype=token_embeds.dtype)
     from_prompt = prompt_embeds[:, slot.clamp(min=0)]  # (P, B, T, D)
     is_prompt = (slot >= 0).unsqueeze(-1)  # (B, T, 1)
     embeds = torch.where(is_prompt, from_prompt, token_embeds.unsqueeze(0))  # (P, B, T, D)

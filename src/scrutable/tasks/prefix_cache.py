@@ -69,6 +69,7 @@ class EncodedPrefixes:
 
     def rows(self, index: torch.Tensor) -> EncodedPrefixes:
         """Rows `index` (B,), without the left padding that all of them share."""
+        index = index.to(self.attention_mask.device)
         mask = self.attention_mask[index]  # (B, T)
         real = mask.any(0).nonzero()
         start = int(real[0]) if len(real) else mask.shape[1]
@@ -101,6 +102,7 @@ def encode_prefixes(lm: LanguageModel, before: Sequence[Sequence[int]]) -> Encod
         if tokens:
             ids[row, total - len(tokens) :] = torch.tensor(list(tokens), dtype=torch.long)
             mask[row, total - len(tokens) :] = 1
+    ids, mask = ids.to(lm.device), mask.to(lm.device)  # filled on the CPU, moved once
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for start in range(0, len(before), ENCODE_CHUNK):
@@ -145,7 +147,9 @@ def run_on_prefixes(
         if post:
             token_ids[row, start + prompt_len :] = torch.tensor(list(post), dtype=torch.long)
         new_mask[row, start:] = 1
+    token_ids, slot, new_mask = token_ids.to(lm.device), slot.to(lm.device), new_mask.to(lm.device)
     token_embeds = lm.model.get_input_embeddings()(token_ids)  # (B, S, D)
+    prompt_embeds = prompt_embeds.to(device=lm.device, dtype=token_embeds.dtype)  # a float32 prompt, a bf16 model
     from_prompt = prompt_embeds[:, slot.clamp(min=0)]  # (P, B, S, D)
     embeds = torch.where((slot >= 0).unsqueeze(-1), from_prompt, token_embeds.unsqueeze(0))  # (P, B, S, D)
     embeds = embeds.reshape(num_prompts * batch_size, span, -1)
@@ -170,7 +174,7 @@ def head_logits(lm: LanguageModel, hidden: torch.Tensor, token_ids: Sequence[int
     assert isinstance(head, torch.nn.Linear), f"{lm.name}: the output head is not a linear layer"
     rows: slice | torch.Tensor = slice(0, lm.vocab_size)
     if token_ids is not None:
-        rows = torch.tensor(list(token_ids), dtype=torch.long)
+        rows = torch.tensor(list(token_ids), dtype=torch.long, device=hidden.device)
     bias = None if head.bias is None else head.bias[rows]
     flat = hidden.reshape(-1, hidden.shape[-1])  # 2-D: a plain matmul (a 3-D input took a slow bmm)
     return torch.nn.functional.linear(flat, head.weight[rows], bias).reshape(*hidden.shape[:-1], -1)

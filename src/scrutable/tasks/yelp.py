@@ -468,9 +468,10 @@ class YelpTask:
     ) -> list[str]:
         """Rewrites for every prompt, example and sample; row (p * B + b) * S + s."""
         spliced = self._splice(lm, prompt_embeds, batch)
-        budget = torch.tensor([self._budget(lm, ex.text) for ex in batch])  # (B,)
+        device = lm.device
+        budget = torch.tensor([self._budget(lm, ex.text) for ex in batch], device=device)  # (B,)
         budget = budget.repeat_interleave(num_samples).repeat(spliced.num_prompts)  # (N,), N = P*B*S
-        stop = self._stop_mask(lm)  # (V,)
+        stop = self._stop_mask(lm).to(device)  # (V,)
         embedding = lm.model.get_input_embeddings()
 
         # Read the shared input once per (prompt, example), then copy its cache per sample;
@@ -481,8 +482,8 @@ class YelpTask:
         logits = out.logits[:, -1, : lm.vocab_size].repeat_interleave(num_samples, 0)  # (N, V)
         mask = spliced.attention_mask.repeat_interleave(num_samples, 0)  # (N, T)
 
-        tokens = torch.full((len(budget), int(budget.max())), -1, dtype=torch.long)  # (N, steps)
-        active = torch.arange(len(budget))  # rows still generating, in cache order
+        tokens = torch.full((len(budget), int(budget.max())), -1, dtype=torch.long, device=device)  # (N, steps)
+        active = torch.arange(len(budget), device=device)  # rows still generating, in cache order
         for step in range(tokens.shape[1]):
             next_ids = _pick(logits, self.top_k if sample else None, generator)  # (A,)
             tokens[active, step] = next_ids
@@ -550,7 +551,9 @@ def _pick(logits: torch.Tensor, top_k: int | None, generator: torch.Generator) -
     if top_k is None:
         return logits.argmax(-1)
     values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # (N, k)
-    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)  # (N, 1)
+    # Drawn from the task's CPU generator (the same draws on any device), on its device.
+    probs = values.float().softmax(-1).to(generator.device)
+    choice = torch.multinomial(probs, 1, generator=generator).to(indices.device)  # (N, 1)
     return indices.gather(-1, choice).squeeze(-1)
 
 

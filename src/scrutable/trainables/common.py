@@ -26,7 +26,16 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.metrics.perplexity import LocalScorer, Scorer
 from scrutable.metrics.unembed import Distance
-from scrutable.models import LanguageModel, load_model
+from scrutable.models import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DeviceName,
+    DtypeName,
+    LanguageModel,
+    accumulation_dtype,
+    load_model,
+    resolve_device,
+)
 from scrutable.tasks import Task, get_task
 from scrutable.trainables.record import PromptRecord, better
 
@@ -56,6 +65,11 @@ class TrainConfig:
     seed: int = 0
     distance: Distance = Distance.EUCLIDEAN  # for unembedding in the reported metrics
     prefix_cache: bool = True  # reuse the task model's encoding of inputs before the prompt (tasks/prefix_cache.py)
+    # Where the task model (and RLPrompt's policy, and `train`'s in-process scorer) runs: auto
+    # is a visible GPU, else the CPU; in a sweep, the GPU Ray reserved for the trial, if any.
+    device: DeviceName = DEFAULT_DEVICE
+    # The frozen models' weights. Losses, log-softmaxes and the trainable prompt stay float32.
+    dtype: DtypeName = DEFAULT_DTYPE
 
     def __post_init__(self) -> None:
         positive = {
@@ -106,10 +120,25 @@ class TrainResult:
     state: dict[str, Any] = field(repr=False)
 
 
+def cached_model(name: str, data_dir: str | None, device: str = "cpu", dtype: str = DEFAULT_DTYPE) -> LanguageModel:
+    """Frozen models are read-only, so one copy per process (and device and dtype) serves
+    every run in it. `auto` is resolved first, so it shares the copy of what it resolves to."""
+    return _cached_model(name, data_dir, str(resolve_device(device)), dtype)
+
+
 @lru_cache(maxsize=4)
-def cached_model(name: str, data_dir: str | None) -> LanguageModel:
-    """Frozen models are read-only, so one copy per process serves every run in it."""
-    return load_model(name, data_dir=data_dir)
+def _cached_model(name: str, data_dir: str | None, device: str, dtype: str) -> LanguageModel:
+    return load_model(name, data_dir=data_dir, device=device, dtype=dtype)
+
+
+def clear_model_cache() -> None:
+    """Let go of the cached models (e.g. before loading another dtype onto a GPU)."""
+    _cached_model.cache_clear()
+
+
+def config_model(config: TrainConfig, name: str) -> LanguageModel:
+    """One of the run's frozen models (task model, scorer, policy) on its device and dtype."""
+    return cached_model(name, config.data_dir, config.device, config.dtype)
 
 
 def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
@@ -120,9 +149,9 @@ def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
         dev_pool=config.dev_pool,
         prefix_cache=config.prefix_cache,
     )
-    lm = cached_model(config.model, config.data_dir)
+    lm = config_model(config, config.model)
     if scorer is None:
-        scorer = LocalScorer(cached_model(config.scorer, config.data_dir))
+        scorer = LocalScorer(config_model(config, config.scorer))
     return Setup(task=task, lm=lm, scorer=scorer)
 
 
@@ -152,7 +181,10 @@ def load_state(directory: str | Path) -> dict[str, Any]:
 
 
 def init_from_tokens(lm: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
-    return lm.embedding_matrix[ids].detach().clone()
+    """(L, D) the tokens' embeddings, as a trainable copy: on the model's device, in float32
+    when the model is in a half type (the optimizer's updates would round away in bfloat16)."""
+    rows = lm.embedding_matrix[ids.to(lm.device)]
+    return rows.detach().to(accumulation_dtype(rows.dtype), copy=True)
 
 
 def initial_prompt(
@@ -176,8 +208,10 @@ def initial_prompt(
             raise UserError("init is 'text' but init_text is empty: set init_text")
         repeated = (text_ids * (length // len(text_ids) + 1))[:length]
         return init_from_tokens(lm, torch.tensor(repeated))
-    std = float(lm.embedding_matrix.std())
-    return torch.randn(length, lm.hidden_size, generator=generator) * std
+    std = float(lm.embedding_matrix.float().std())
+    # Drawn on the CPU from the run's generator (its state is the checkpoint's), then moved.
+    vectors = torch.randn(length, lm.hidden_size, generator=generator) * std
+    return vectors.to(device=lm.device, dtype=accumulation_dtype(lm.dtype))
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,7 +352,7 @@ class Loop:
                 best.embeds(self.s.lm.embedding_matrix),
                 is_soft=best.is_soft,
                 step=best.step,
-                token_ids=None if best.is_soft else torch.tensor(best.token_ids),
+                token_ids=None if best.is_soft else torch.tensor(best.token_ids, device=self.s.lm.device),
                 split="test",
             )
             self._final = best.with_test(card).row(is_best=True), card

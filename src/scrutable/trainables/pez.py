@@ -95,11 +95,12 @@ def scorer_term(
     s: Setup, config: PezConfig, prompt: torch.Tensor, answer: PerplexityGradient
 ) -> tuple[torch.Tensor, float]:
     """(differentiable surrogate with the term's value, perplexity) via the scorer's G."""
-    grad = torch.from_numpy(answer.onehot_grad).to(prompt.dtype)  # (L, V)
+    grad = torch.from_numpy(answer.onehot_grad).to(device=prompt.device, dtype=prompt.dtype)  # (L, V)
     value = answer.result.mean_nll
     if config.perplexity_term == "raw":
         grad, value = grad * answer.result.perplexity, answer.result.perplexity
-    similarity = F.normalize(prompt, dim=-1) @ F.normalize(s.lm.embedding_matrix, dim=-1).T  # (L, V)
+    vocabulary = s.lm.embedding_matrix.to(prompt.dtype)  # (V, D); the prompt is float32
+    similarity = F.normalize(prompt, dim=-1) @ F.normalize(vocabulary, dim=-1).T  # (L, V)
     relaxed = torch.softmax(similarity / config.relaxation_temperature, dim=-1)
     surrogate = (relaxed * grad).sum()
     return value + surrogate - surrogate.detach(), answer.result.perplexity
@@ -110,8 +111,8 @@ def task_model_term(
 ) -> tuple[torch.Tensor, float]:
     """The task model's own mean NLL of the projected tokens, differentiable through them."""
     start = lm.embedding_matrix[lm.start_token_id].unsqueeze(0)  # (1, D)
-    inputs = torch.cat([start, projected[:-1]]).unsqueeze(0)  # (1, L, D)
-    log_probs = F.log_softmax(lm.model(inputs_embeds=inputs).logits[0, :, : lm.vocab_size], dim=-1)
+    inputs = torch.cat([start, projected[:-1].to(lm.dtype)]).unsqueeze(0)  # (1, L, D)
+    log_probs = F.log_softmax(lm.model(inputs_embeds=inputs).logits[0, :, : lm.vocab_size].float(), dim=-1)
     mean_nll = -log_probs.gather(-1, ids.unsqueeze(-1)).mean()
     perplexity = math.exp(float(mean_nll.detach()))
     return (mean_nll.exp() if config.perplexity_term == "raw" else mean_nll), perplexity

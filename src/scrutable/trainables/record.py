@@ -62,7 +62,7 @@ class PromptRecord:
         """(L, D): the soft vectors, or the hard tokens' embeddings."""
         if self.vectors is not None:
             return self.vectors
-        return embedding_matrix[torch.tensor(self.token_ids, dtype=torch.long)]
+        return embedding_matrix[torch.tensor(self.token_ids, dtype=torch.long, device=embedding_matrix.device)]
 
     def with_test(self, card: InterpretabilityCard) -> PromptRecord:
         """This record plus the task numbers of the same prompt on the test split."""

@@ -92,7 +92,7 @@ from scrutable.trainables.common import (
     Setup,
     TrainConfig,
     TrainResult,
-    cached_model,
+    config_model,
     setup,
 )
 from scrutable.trainables.sql import (
@@ -182,7 +182,7 @@ class RLPromptConfig(TrainConfig):
 
 def load_policy_lm(s: Setup, config: RLPromptConfig) -> LanguageModel:
     """The policy's frozen LM: causal, and sharing the task model's vocabulary."""
-    policy_lm = cached_model(config.policy_model, config.data_dir)
+    policy_lm = config_model(config, config.policy_model)
     if policy_lm.kind is not ModelKind.CAUSAL:
         raise UserError(
             f"policy_model {config.policy_model} is seq2seq: RLPrompt's policy needs a causal LM "
@@ -209,14 +209,15 @@ def combine_rewards(task_rewards: torch.Tensor, terms: torch.Tensor, config: RLP
     terms entirely (they are only reported), which is the reference's reward.
     """
     rewards = task_rewards.float()
+    terms = terms.to(device=rewards.device, dtype=rewards.dtype)
     penalised = config.alpha > 0
     if config.zscore and config.perplexity_placement == "after_zscore":
         rewards = zscore(rewards)
         if penalised:
-            rewards = rewards - config.alpha * zscore(terms.to(rewards.dtype))
+            rewards = rewards - config.alpha * zscore(terms)
     else:
         if penalised:
-            rewards = rewards - config.alpha * terms.to(rewards.dtype)
+            rewards = rewards - config.alpha * terms
         if config.zscore:
             rewards = zscore(rewards)
     return shape_rewards(rewards, *config.reward_shaping)
@@ -262,7 +263,8 @@ def run(
         target.load_trainable_state_dict(state["target_mlp"])
         optimizer.load_state_dict(state["optimizer"])
     train = s.task.examples("train")
-    lengths = torch.full((config.prompts_per_step,), config.prompt_length, dtype=torch.long)  # (P,)
+    device = policy_lm.device
+    lengths = torch.full((config.prompts_per_step,), config.prompt_length, dtype=torch.long, device=device)  # (P,)
 
     def method_state() -> dict[str, Any]:
         return {
@@ -284,7 +286,9 @@ def run(
             target_logits = target.forward_logits(ids, start)  # (P, L, V), teacher-forced
         scored = s.task.reward(s.lm, ids, batch)  # rewards, metric: (P,) each
         perplexities = pending.result()
-        rewards = combine_rewards(scored.rewards, perplexity_terms(perplexities, config.perplexity_term), config)
+        terms = perplexity_terms(perplexities, config.perplexity_term)
+        rewards = combine_rewards(scored.rewards.to(device), terms, config)
+        # The policy's logits are float32 whatever the LM's dtype (`sql.AdaptorPolicy`).
         loss, _ = soft_q_loss(logits, target_logits, ids, rewards, lengths, impl=config.sql_impl)
         optimizer.zero_grad()
         loss.backward()

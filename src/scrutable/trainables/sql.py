@@ -367,6 +367,15 @@ def top_k_filter(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
     return logits.masked_fill(logits < kth_largest, float("-inf"))
 
 
+def sample_on(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """`torch.multinomial(probs, 1)` drawn from `generator` on its own device (a run keeps
+    one CPU generator, whose state is in the checkpoint); the ids come back on probs' device.
+    The same probabilities give the same draws on the CPU and on a GPU."""
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator)
+    return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
+
+
 class AdaptorPolicy(nn.Module):
     """RLPrompt's prompt policy: logits = lm_head(MLP(h_t)) + logit_bias.
 
@@ -403,8 +412,11 @@ class AdaptorPolicy(nn.Module):
         self.logit_bias = logit_bias
         # The LM head may have rows no tokenizer produces; actions are the first rows only.
         self.vocab_size = rows if vocab_size is None else vocab_size
+        # The trained MLP stays float32 when the frozen LM is bfloat16/float16: Adam's small
+        # updates (lr 5e-5 on weights of ~1e-4) would round away in 8 bits of mantissa.
+        trained_dtype = torch.promote_types(head.weight.dtype, torch.float32)
         self.mlp = nn.Sequential(nn.Linear(model_dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, model_dim)).to(
-            device=head.weight.device, dtype=head.weight.dtype
+            device=head.weight.device, dtype=trained_dtype
         )
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
@@ -424,10 +436,12 @@ class AdaptorPolicy(nn.Module):
         return out.last_hidden_state, out.cache  # (B, T, D), KV cache
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) LM hidden states -> (..., vocab_size) policy logits, bias included."""
+        """(..., D) LM hidden states -> (..., vocab_size) float32 policy logits, bias included
+        (the LM head runs in the LM's dtype; the soft-Q loss reads the logits in float32)."""
         head = self.lm.get_output_embeddings()
         bias = None if head.bias is None else head.bias[: self.vocab_size]
-        return F.linear(self.mlp(hidden), head.weight[: self.vocab_size], bias) + self.logit_bias
+        adapted = self.mlp(hidden.to(self.mlp[0].weight.dtype)).to(head.weight.dtype)
+        return F.linear(adapted, head.weight[: self.vocab_size], bias).float() + self.logit_bias
 
     # -- public API ----------------------------------------------------------------------
 
@@ -497,7 +511,7 @@ class AdaptorPolicy(nn.Module):
                 action = step_logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:
                 probs = top_k_filter(step_logits.detach(), top_k).softmax(dim=-1)  # (B, V)
-                action = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                action = sample_on(probs, generator)  # (B, 1)
             ids.append(action)
             logits.append(step_logits)
             next_input = action
