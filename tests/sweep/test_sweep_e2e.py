@@ -47,34 +47,50 @@ def children(folder):
 
 
 def test_quickstart_smoke_sweep_end_to_end(tmp_path):
-    spec = smoke_spec("quickstart.yaml", tmp_path, trials=3)
+    """Six trials (issue 18): alpha = 0 once per length, outside the study; four spread over
+    the log range, held in Optuna as the real alpha with their dev-objective curves; no two
+    trials with the same (alpha, length, seed)."""
+    import csv
+
+    spec = smoke_spec("quickstart.yaml", tmp_path, trials=6)
     summary = run_sweep(spec)
     folder = tmp_path / "quickstart"
-    assert summary["trials_finished"] == 3 and not summary["interrupted"]
+    assert summary["trials_finished"] == 6 and not summary["interrupted"]
+    rows = list(csv.DictReader((folder / "pareto" / "trials.csv").open()))
+    configs = {(float(r["alpha"]), int(r["prompt_length"]), int(r["seed"])) for r in rows}
+    assert len(rows) == len(configs) == 6  # nothing ran twice
+    assert sorted((a, length) for a, length, _ in configs if a == 0) == [(0.0, 3), (0.0, 6)]
+    alphas = sorted(a for a, _, _ in configs if a > 0)
+    assert alphas[0] < 0.1 and alphas[-1] > 10 and any(0.3 < a < 3 for a in alphas)
 
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == spec.metric_names == ["task/dev_objective", "interp/perplexity"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
-    baseline = study.trials[0]  # the explicit alpha = 0 point, sampled on the log10 axis
-    assert baseline.params["alpha_log10"] < -1.5 and baseline.user_attrs["alpha"] == 0.0
-    for trial in complete:  # what the study sampled and what it says it ran agree
-        sampled = trial.params["alpha_log10"]
-        assert trial.user_attrs["alpha"] == (0.0 if sampled < -1.5229 else pytest.approx(10**sampled))
-        assert trial.user_attrs["tune_trial_id"] and trial.user_attrs["mlflow_run_id"]
+    assert len(complete) == 4 and all(len(t.values) == 2 for t in complete)
+    searched = {(float(r["alpha"]), int(r["prompt_length"])): r for r in rows if float(r["alpha"]) > 0}
+    for trial in complete:  # the real alpha; what the study holds and what ran agree
+        assert set(trial.params) == {"alpha", "prompt_length"} and trial.distributions["alpha"].log
+        row = searched[(trial.params["alpha"], trial.params["prompt_length"])]
+        assert trial.user_attrs["seed"] == int(row["seed"]) and trial.user_attrs["tune_trial_id"] == row["trial_id"]
+        assert trial.user_attrs["mlflow_run_id"] and trial.intermediate_values  # an evaluation per step
+        assert trial.intermediate_values[max(trial.intermediate_values)] == pytest.approx(
+            float(row["task/dev_objective"])
+        )
+    assert len([k for k in study.user_attrs if k.startswith("baseline")]) == 2
 
     parents, kids = children(folder)
-    assert len(parents) == 1 and len(kids) == 3
+    assert len(parents) == 1 and len(kids) == 6
     assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parents[0].info.run_id}
     assert all({"alpha", "prompt_length", "method", "model", "scorer", "seed"} <= set(k.data.params) for k in kids)
+    assert {int(k.data.params["seed"]) for k in kids} == {seed for _, _, seed in configs}  # each trial's own
     assert all({"task/dev_metric", "task/dev_objective", "interp/perplexity"} <= set(k.data.metrics) for k in kids)
     # Folder-relative artifact URIs (served by `scrutable ui`), the files under mlartifacts/.
     root = local_path(folder, kids[0].info.artifact_uri)
     assert root is not None and {"card.json", "card.txt", "prompts"} <= {p.name for p in root.iterdir()}
     assert not (Path.cwd() / "mlflow.db").exists()  # no stray store in the working directory
 
-    assert summary["scorer"]["trials"] == 3  # one actor served every trial
+    assert summary["scorer"]["trials"] == 6  # one actor served every trial
     for name in ("pareto.csv", "pareto.json", "pareto.png", "pareto.html", "trials.csv"):
         assert (folder / "pareto" / name).stat().st_size > 0
     frontier = json.loads((folder / "pareto" / "pareto.json").read_text())
@@ -92,7 +108,7 @@ def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
     run_sweep(spec)
     folder = tmp_path / "quickstart"
     rows = {row["trial_id"]: row for row in csv.DictReader((folder / "pareto" / "trials.csv").open())}
-    assert sorted(float(row["alpha"]) for row in rows.values()) == [0.0, 0.03, 3.0]  # 0, low, high
+    assert sorted(float(row["alpha"]) for row in rows.values()) == [0.0, 0.03, 30.0]  # 0, low, high
     tune_params = {
         json.loads((path.parent / "result.json").read_text().splitlines()[-1])["trial_id"]: json.loads(path.read_text())
         for path in folder.glob("tune/*/params.json")
@@ -105,7 +121,7 @@ def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
     for trial_id, row in rows.items():
         alpha = float(row["alpha"])
         assert tune_params[trial_id]["alpha"] == alpha == trials[trial_id].params["alpha"]
-        assert trials[trial_id].user_attrs["alpha"] == alpha and float(runs[trial_id].data.params["alpha"]) == alpha
+        assert float(runs[trial_id].data.params["alpha"]) == alpha
         run_id = runs[trial_id].info.run_id
         assert row["mlflow_run_id"] == run_id == trials[trial_id].user_attrs["mlflow_run_id"]
         card = json.loads((local_path(folder, runs[trial_id].info.artifact_uri) / "card.json").read_text())

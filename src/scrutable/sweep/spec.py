@@ -18,12 +18,13 @@
     training: {steps: 40, batch_size: 8}   # any field of the method's config
     storage: runs                    # or s3://bucket/sweeps, gs://..., a shared mount (clusters)
     local_dir: runs                  # the driver's files when storage is a URI
-    seed: 0                          # the sampler's seed, and the training seed unless searched
+    seed: 0                          # the sampler's seed; trials' training seeds derive from it
 
 Searching `seed: {values: [0, 1, 2]}` sets each trial's training seed (the method
 config's `seed` field) and leaves the top-level `seed` to the sampler: a grid over
 alpha x prompt_length x seed repeats every setting once per seed. A seed both searched
-and fixed in `training` is refused.
+and fixed in `training` is refused. Neither searched nor fixed, each trial gets its own
+training seed derived from the top-level one (`search_space.trial_seed`).
 
 Search dimensions and how they are sampled and decoded: `sweep/search_space.py`.
 The default objectives are the dev objective (a continuous score: mean log-probability of
@@ -42,7 +43,7 @@ import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -92,10 +93,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class ScorerResources:
-    gpu: float = 0.0  # fractional on GPU clusters; > 0 runs the scorer on the GPU Ray reserves
-    # CPU slots reserved and torch threads used; 0 never delays a trial (one thread, enough to feed a GPU).
-    cpu: float = 0.0
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the scorer's weights; NLLs stay float32
+    gpu: float = 0.0  # fractional on GPU clusters; the actor takes no CPU slot
     max_batch: int = 64  # sequences per forward pass
     # Longest a request waits for other trials' requests to join its batch; it never waits
     # longer than its loop leaves it unresolved (its slack), so a blocking call never waits.
@@ -104,8 +102,6 @@ class ScorerResources:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gpu) and self.gpu >= 0):
             raise ValueError(f"scorer_resources.gpu must be >= 0, got {self.gpu}")
-        if not (math.isfinite(self.cpu) and self.cpu >= 0):
-            raise ValueError(f"scorer_resources.cpu must be >= 0, got {self.cpu}")
         if self.max_batch < 1:
             raise ValueError(f"scorer_resources.max_batch must be at least 1, got {self.max_batch}")
         if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
@@ -219,7 +215,9 @@ class SweepSpec:
 
     @property
     def space(self) -> SearchSpace:
-        return SearchSpace(self.search, grid=self.sampler is Sampler.GRID)
+        # A per-trial training seed unless the spec searches the seed or fixes training.seed.
+        derive = "seed" not in self.search and "seed" not in self.training
+        return SearchSpace(self.search, grid=self.sampler is Sampler.GRID, derive_seed=derive)
 
     def fixed_config(self) -> dict[str, Any]:
         """The method config without the searched fields."""
