@@ -199,6 +199,7 @@ CASES = [
     Case("eval-soft-prompt-1d", [*EVALUATE, "--soft-prompt", "p.pt"], "(L, D)", tensor_file("p.pt", torch.zeros(32))),
     Case("eval-prompt-too-long", [*EVALUATE, "--prompt", "word " * 2000], "too long"),
     Case("eval-empty-prompt", [*EVALUATE, "--prompt", ""], "empty"),
+    Case("eval-prompt-lone-surrogate", [*EVALUATE, "--prompt", "bad \udcff byte"], "not UTF-8 text"),
     Case("eval-limit-0", [*EVALUATE, "--prompt", "x", "--limit", "0"], "--limit"),
     Case("eval-json-is-a-folder", [*EVALUATE, "--prompt", "x", "--json", "out"], "is a folder", unwritable("out")),
     Case(

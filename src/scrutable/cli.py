@@ -246,6 +246,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")  # a lone surrogate: bytes from the shell that are not UTF-8
+        except UnicodeEncodeError as exc:
+            raise UserError(
+                f"--prompt is not UTF-8 text (character {exc.start + 1} is an undecodable byte): pass UTF-8 text"
+            ) from None
     if args.soft_prompt is not None and not args.soft_prompt.is_file():
         raise UserError(f"soft prompt file {args.soft_prompt} does not exist")
     if args.json is not None:

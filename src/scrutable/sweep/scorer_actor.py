@@ -93,8 +93,11 @@ class BatchStats:
     def load(cls, path: Path | None) -> BatchStats:
         if path is None or not path.is_file():
             return cls()
-        values = json.loads(path.read_text())
-        return cls(**{**values, "trials_seen": set(values["trials_seen"])})
+        try:
+            values = json.loads(path.read_text())
+            return cls(**{**values, "trials_seen": set(values["trials_seen"])})
+        except (OSError, ValueError, TypeError, KeyError):  # a damaged file: counts restart, the sweep goes on
+            return cls()
 
 
 def _item_tokens(kind: str, item: Any) -> int:
