@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a whole sweep
 
 
 def is_loopback(ip: str) -> bool:
@@ -52,7 +52,8 @@ def test_local_sweep_listens_on_loopback_only(tmp_path):
     command = [sys.executable, "-m", "scrutable.cli", "sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke"]
     for setting in (f"storage={tmp_path}", "trials=2", "concurrency=2", "training.steps=2"):
         command += ["--set", setting]
-    sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "sweep.log"  # a file, not a pipe: nobody reads a pipe while the sweep runs, so it could fill
+    sweep = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(sweep.pid)
     sockets: set[tuple[str, str, int]] = set()
     names: set[str] = set()
@@ -63,7 +64,8 @@ def test_local_sweep_listens_on_loopback_only(tmp_path):
         except psutil.NoSuchProcess:
             break
         time.sleep(0.5)
-    output = sweep.stdout.read()
+    sweep.wait()
+    output = log.read_text()
     assert sweep.returncode == 0, output[-3000:]
     assert {"gcs_server", "raylet"} <= names  # the sweep's own Ray was sampled
     assert any(name == "gcs_server" for name, _, _ in sockets), sockets

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,12 +17,13 @@ import mlflow
 import pytest
 import ray
 
+from helpers import wait_for
 from scrutable.metrics import keys
 from scrutable.sweep.launcher import run_sweep
 from scrutable.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test pays for the sweep fixture
 STEPS = 4
 
 
@@ -121,14 +121,15 @@ def test_ui_serves_the_artifacts_of_a_moved_folder_and_stops_cleanly(sweep, tmp_
             first = ui.stdout.readline()
             assert f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs" in first, first
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
+
+            def healthy():
+                assert ui.poll() is None, "the ui command exited: " + ui.stdout.read()[-2000:]
                 try:
-                    get(base + "/health", timeout=2)
-                    break
+                    return get(base + "/health", timeout=2)
                 except OSError:
-                    assert ui.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                    time.sleep(1)
+                    return None
+
+            wait_for(healthy, 300, "the MLflow server behind `scrutable ui`", 1.0)
             card = get(f"{base}/get-artifact?path=card.txt&run_uuid={run_id}").decode()
             assert card == (moved / "mlartifacts" / "quickstart" / run_id / "artifacts" / "card.txt").read_text()
             assert "Interpretability card" in card

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from scrutable.errors import UserError
@@ -158,8 +157,7 @@ def test_the_frontier_does_not_depend_on_row_order(table, rng):
 @given(tables())
 def test_flipping_a_direction_is_negating_its_column(table):
     points, directions = table
-    if points.shape[1] == 0:
-        pytest.skip("no objectives")
+    assume(points.shape[1] > 0)  # no column to flip (pytest.skip here would skip the whole property)
     flipped = ["minimize" if directions[0] == "maximize" else "maximize", *directions[1:]]
     negated = points.copy()
     negated[:, 0] = -negated[:, 0]

@@ -16,8 +16,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from helpers import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a whole sweep
 
 
 def free_port() -> int:
@@ -37,16 +39,16 @@ def server(tmp_path):
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+
+    def healthy() -> bool:
+        assert process.poll() is None, "the MLflow server exited"
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
+                return answer.status == 200
         except OSError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
-        time.sleep(0.5)
+            return False
+
+    wait_for(healthy, 300, "the MLflow server", 0.5)
     yield url, store
     process.terminate()
     process.wait(timeout=30)
