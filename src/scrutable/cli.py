@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run (or --resume) a sweep from sweeps/*.yaml")
     sweep.add_argument(
-        "spec", type=Path, help="a sweep file, e.g. sweeps/quickstart.yaml, or (with --resume) a sweep folder"
+        "spec",
+        type=_sweep_target,
+        help="a sweep file, e.g. sweeps/quickstart.yaml, or (with --resume) a sweep folder, or the sweep's "
+        "place in a storage URI, s3://BUCKET/PREFIX/NAME (its driver folder is fetched into local_dir/NAME)",
     )
     sweep.add_argument(
         "--resume",
@@ -196,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on an existing Ray cluster: 'auto' (this machine's cluster, e.g. on the head or in "
         "`ray job submit`), HOST:6379, or ray://HOST:10001. Default: $RAY_ADDRESS if set, else a local "
         "Ray bound to 127.0.0.1. See docs/cluster.md",
+    )
+    sweep.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="with --address and a storage path: the path is a mount every node sees (NFS, EFS); without "
+        "it, a cluster sweep needs storage s3://... or gs://...",
     )
     sweep.set_defaults(run=_sweep)
 
@@ -367,6 +376,13 @@ def _save_training(out: Path, result: Any) -> list[str]:
     return written
 
 
+def _sweep_target(text: str) -> Path | str:
+    """A sweep file or folder (a path), or a sweep's place in a storage URI (kept a string)."""
+    from scrutable.sweep.storage import is_uri
+
+    return text if is_uri(text) else Path(text)
+
+
 def _sweep(args: argparse.Namespace) -> int:
     started = time.monotonic()  # "finished in N s" counts from here, Ray's start-up included
     from scrutable.config import parse_overrides
@@ -379,6 +395,12 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out is not None:  # the folder is storage/name: --out runs/x is storage=runs, name=x
         out = args.out.expanduser().resolve()
         overrides.update(storage=json.dumps(str(out.parent)), name=json.dumps(out.name))  # JSON is YAML
+    if isinstance(args.spec, str):  # s3://.../NAME: the driver folder from the bucket, into local_dir/NAME
+        from scrutable.sweep.driver_sync import resume_folder
+
+        if not args.resume:
+            raise UserError(f"{args.spec} is a sweep in a bucket: pass --resume to finish it")
+        args.spec, overrides = resume_folder(args.spec, overrides)
     if args.spec.is_dir():  # a sweep folder: its stored spec, re-rooted where the folder is now
         from scrutable.sweep.resume import stored_spec
 
@@ -400,7 +422,12 @@ def _sweep(args: argparse.Namespace) -> int:
     _check_before_ray(spec, args)
     try:
         summary = run_sweep(
-            spec, resume=args.resume, address=args.address, started=started, trust_folder=args.trust_folder
+            spec,
+            resume=args.resume,
+            address=args.address,
+            started=started,
+            trust_folder=args.trust_folder,
+            shared_storage=args.shared_storage,
         )
     finally:
         import ray

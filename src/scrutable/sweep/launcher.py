@@ -273,22 +273,22 @@ def start_ray(spec: SweepSpec, address: str | None = None) -> None:
     """
     import ray
 
+    from scrutable.sweep import cluster
     from scrutable.sweep.scorer_actor import NAMESPACE
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster.resolve_address(address)  # an http:// job-submission address: refused with the fix
     # An existing cluster keeps its own auth mode: forcing ours would break a token-auth cluster.
     quiet = {k: v for k, v in QUIET_ENV.items() if address is None or k != "RAY_AUTH_MODE"}
     # Before ray.init: the cluster and its workers must agree (e.g. on RAY_AUTH_MODE), or
     # worker start-up fails.
     os.environ.update(quiet)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("SCRUTABLE_", "HF_", "TRANSFORMERS_"))}
     options: dict[str, Any] = {
         "namespace": NAMESPACE,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
-        "runtime_env": {"env_vars": {**env, **quiet}},
+        "runtime_env": {"env_vars": cluster.forwarded_env_vars(quiet)},  # none a job's runtime_env sets
     }
     if address is None:
         with _loopback_only():
@@ -434,14 +434,15 @@ def run_sweep(
     address: str | None = None,
     started: float | None = None,
     trust_folder: bool = False,
+    shared_storage: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep; `started` (time.monotonic() at the command's start) times the summary."""
     started = time.monotonic() if started is None else started  # before Ray's start-up, which it counts
     import ray
     from ray import tune
 
+    from scrutable.sweep import cluster, driver_sync, storage, tracking, trust
     from scrutable.sweep import resume as resuming
-    from scrutable.sweep import storage, tracking, trust
     from scrutable.sweep.frontier import export_pareto, render_summary
     from scrutable.sweep.progress import SweepProgress, TuneProgress, stop_all
     from scrutable.sweep.results import collect_trials
@@ -458,8 +459,9 @@ def run_sweep(
     tune_dir = folder / storage.TUNE_NAME  # local: the experiment itself; URI storage: its copy
     local = not storage.is_uri(location)
     storage.check_ray_client(
-        address or os.environ.get("RAY_ADDRESS"), spec.storage, spec.tracking.uri, spec.optuna_storage
+        cluster.resolve_address(address), spec.storage, spec.tracking.uri, spec.optuna_storage
     )
+    storage.check_kind(spec.storage, cluster.resolve_address(address), shared=shared_storage)
     check_storage(folder)
     storage.check_writable(spec.storage)
     if resume:
@@ -511,6 +513,9 @@ def run_sweep(
     callbacks = [mlflow_callback, TuneProgress(progress)]
     if local:  # URI storage: the state lives in the bucket, whose access control guards it
         callbacks.append(trust.signer_callback(tune_dir))
+    uploader = None if local else driver_sync.Uploader(folder, spec.storage, spec.name)
+    if uploader is not None:  # the driver's folder follows each trial into the bucket
+        callbacks.append(driver_sync.callback(uploader))
     wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
@@ -581,6 +586,8 @@ def run_sweep(
         )
     except Exception as exc:  # the results are on disk; the parent run is a view of them
         print(f"warning: could not write the parent MLflow run ({type(exc).__name__}: {exc})", file=sys.stderr)
+    if uploader is not None:  # the final MLflow rows, pareto/ and the summary, for a resume on another head
+        uploader.try_upload()
     summary["interrupted"] = interrupted
     summary["all_failed"] = all_failed
     if interrupted:

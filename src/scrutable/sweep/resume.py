@@ -12,6 +12,8 @@ planned number from its own state.
 
     scrutable sweep runs/quickstart --resume                 # the stored spec
     scrutable sweep runs/quickstart --resume --set concurrency=4
+    scrutable sweep s3://bucket/sweeps/quickstart --resume   # a fresh head: the driver's folder
+                                                             #   is fetched first (driver_sync.py)
 """
 
 from __future__ import annotations

@@ -17,9 +17,12 @@ role, `AWS_*` variables; `AWS_ENDPOINT_URL_S3` for an S3-compatible server), nev
 the sweep file. After a sweep on a URI, `mirror` copies the experiment's files into the
 local sweep folder's `tune/`, so `scrutable pareto` reads it like any other folder.
 
-A multi-node sweep on a plain path is checked before any trial starts: every node must
-see a marker file the driver writes there (`check_shared`); otherwise one error names a
-node that cannot and the fix.
+A sweep on a cluster (`--address`) with a plain path is refused unless the path is declared
+a shared mount (`--shared-storage`; `check_kind`): whether it is shared is a property of the
+storage, and the nodes alive at the start (only the head, when workers scale from zero)
+cannot tell. A declared mount is then checked on the nodes alive: every node must see a
+marker file the driver writes there (`check_shared`); otherwise one error names a node
+that cannot and the fix.
 """
 
 from __future__ import annotations
@@ -87,6 +90,22 @@ def check_writable(storage: str) -> None:
             f"storage {storage} is not writable ({str(exc).splitlines()[0]}): create the bucket or fix the "
             "credentials / AWS_ENDPOINT_URL_S3"
         ) from None
+
+
+def check_kind(storage: str, address: str | None, *, shared: bool = False) -> None:
+    """On a cluster, a plain storage path must be declared shared (`--shared-storage`).
+
+    Judged by the kind of storage, not by the nodes alive now: a cluster that scales from
+    zero (`min_workers: 0`) has only its head at the start, and its workers, booted later,
+    would write checkpoints where the driver never looks. A URI is shared by construction;
+    a sweep with no address runs on this machine's own Ray."""
+    if address is None or is_uri(storage) or shared:
+        return
+    raise UserError(
+        f"storage {storage} is a path on this machine, but --address {address} is a cluster whose other "
+        "nodes (now or once they start) cannot write there: set storage to s3://... or gs://..., or pass "
+        "--shared-storage if every node mounts that path (NFS, EFS)"
+    )
 
 
 def check_shared(storage: str) -> None:
