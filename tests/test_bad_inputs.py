@@ -27,6 +27,7 @@ import yaml
 
 from helpers import main_without_root_file_powers
 from scrutable.cli import main
+from scrutable.sweep.spec import spec_from_mapping
 
 DATA = Path(os.environ["SCRUTABLE_DATA_DIR"])
 TINY = ["--model", "tiny-gpt2", "--scorer", "tiny-gpt2"]
@@ -98,13 +99,15 @@ def data_copy(test_tsv: str) -> Callable[[Path], None]:
     return make
 
 
-def sweep_folder(stored: dict[str, object], signed: bool = False) -> Callable[[Path], None]:
+def sweep_folder(stored: dict[str, object], signed: bool = False, drop: str | None = None) -> Callable[[Path], None]:
     """runs/t holding a stored spec and a (fake) Tune state, as an interrupted sweep leaves it."""
 
     def make(root: Path) -> None:
         folder = root / "runs" / "t"
         (folder / "tune").mkdir(parents=True)
-        (folder / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "storage": str(root / "runs"), **stored}))
+        written = spec_from_mapping({**SPEC, "storage": str(root / "runs"), **stored}, "spec").to_dict()
+        written.pop(drop, None)  # a file cut short
+        (folder / "spec.yaml").write_text(yaml.safe_dump(written))  # every field, as the driver writes it
         (folder / "tune" / "tuner.pkl").write_bytes(b"not really a pickle")
         (folder / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
 
@@ -408,9 +411,7 @@ CASES = [
     Case("sweep-optuna-unknown-scheme", SWEEP, "not a database URL", spec_file(optuna_storage="redis://x/0")),
     Case("sweep-optuna-plain-path", SWEEP, "not a database URL", spec_file(optuna_storage="optuna.db")),
     Case("sweep-optuna-in-memory", SWEEP, "in memory", spec_file(optuna_storage="sqlite://")),
-    Case(
-        "sweep-optuna-in-proc", SWEEP, "cannot be created", spec_file(optuna_storage="sqlite:////proc/x/optuna.db")
-    ),
+    Case("sweep-optuna-in-proc", SWEEP, "cannot be created", spec_file(optuna_storage="sqlite:////proc/x/optuna.db")),
     Case(
         "sweep-optuna-unwritable",
         SWEEP,
@@ -481,6 +482,12 @@ CASES = [
         ["sweep", "runs/t", "--resume"],
         "not valid YAML",
         both(sweep_folder({}), text_file("runs/t/spec.yaml", "name: t\nsearch: {alpha: {low: 0.01, hi")),
+    ),
+    Case(
+        "sweep-resume-spec-cut-short",
+        ["sweep", "runs/t", "--resume"],
+        "lacks trials",
+        sweep_folder({}, drop="trials"),
     ),
     Case("sweep-resume-unsigned-folder", ["sweep", "runs/t", "--resume"], "not", sweep_folder({})),
     Case(
