@@ -441,6 +441,7 @@ def run_sweep(
     import ray
     from ray import tune
 
+    from scrutable.paths import write_atomically
     from scrutable.sweep import cluster, driver_sync, storage, tracking, trust
     from scrutable.sweep import resume as resuming
     from scrutable.sweep.frontier import export_pareto, render_summary
@@ -482,7 +483,7 @@ def run_sweep(
     start_ray(spec, address)
     storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_atomically(folder / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))  # never half a spec
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
     tracking.save_views(uri, experiment_id, spec.metric_names, spec.directions, list(spec.search))

@@ -36,6 +36,7 @@ def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepS
     from scrutable.sweep.storage import is_uri
 
     stored = parse_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    _check_complete(stored, path)
     stored_storage = stored.get("storage") if isinstance(stored, dict) else None
     # The driver's folder is storage/name, or local_dir/name when Tune's storage is a URI (kept as is).
     where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"
@@ -46,6 +47,21 @@ def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepS
             f"rename the folder back to {spec.name}"
         )
     return spec
+
+
+def _check_complete(stored: Any, path: Path) -> None:
+    """The driver writes every field of the spec; one missing means a cut or edited file,
+    which would otherwise resume with defaults in place of the sweep's own values."""
+    from dataclasses import fields
+
+    if not isinstance(stored, dict):
+        return  # load_spec names the problem
+    missing = [f.name for f in fields(SweepSpec) if f.name not in stored and f.name not in MAY_CHANGE]
+    if missing:
+        raise UserError(
+            f"{path} lacks {', '.join(missing)} (the sweep writes every field: the file was cut or edited): restore "
+            "it from the MLflow parent run's spec.yaml artifact, or start a new sweep with --out NEW_FOLDER"
+        )
 
 
 def differing_fields(stored: SweepSpec, given: SweepSpec) -> list[str]:
