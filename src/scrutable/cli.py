@@ -14,7 +14,9 @@ line `scrutable: error: ...` naming the problem and the fix, and exit with code 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -194,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--smoke", action="store_true", help="apply the spec's `smoke:` overrides (tiny models)")
     sweep.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary (frontier rows, hypervolume, files, counts) as one JSON document on stdout; "
+        "progress goes to stderr",
+    )
+    sweep.add_argument(
         "--address",
         default=None,
         help="run on an existing Ray cluster: 'auto' (this machine's cluster, e.g. on the head or in "
@@ -220,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the hypervolume's reference point, one per objective (repeat), e.g. --reference "
         "task/dev_objective=0.5 --reference interp/perplexity=1e6; compare sweeps' hypervolumes only "
         "under the same reference (default: 10%% beyond each sweep's worst trial)",
+    )
+    pareto.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON document on stdout (for scripts)"
     )
     pareto.set_defaults(run=_pareto)
 
@@ -421,21 +432,36 @@ def _sweep(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, overrides, smoke=args.smoke)
     _check_before_ray(spec, args)
     try:
-        summary = run_sweep(
-            spec,
-            resume=args.resume,
-            address=args.address,
-            started=started,
-            trust_folder=args.trust_folder,
-            shared_storage=args.shared_storage,
-        )
+        # --json: stdout carries the one document; everything a person reads goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            summary = run_sweep(
+                spec,
+                resume=args.resume,
+                address=args.address,
+                started=started,
+                trust_folder=args.trust_folder,
+                shared_storage=args.shared_storage,
+            )
     finally:
         import ray
 
         ray.shutdown()
+    if args.json:
+        print(json.dumps(_finite(summary), indent=2, default=str, allow_nan=False))
     if summary["interrupted"]:
         return 130
     return 1 if summary["all_failed"] else 0
+
+
+def _finite(value: object) -> object:
+    """JSON for scripts: a NaN or infinity (e.g. a mean over no batches) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
@@ -464,7 +490,7 @@ def _sweep_folder_spec(folder: Path) -> SweepSpec:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from scrutable.sweep.frontier import export_pareto, render_summary
+    from scrutable.sweep.frontier import export_pareto, render_summary, summary_json
     from scrutable.sweep.results import collect_trials
 
     spec = _sweep_folder_spec(args.folder)
@@ -489,7 +515,11 @@ def _pareto(args: argparse.Namespace) -> int:
     check_writable(args.out or args.folder / "pareto", "--out", folder=True)
     records = collect_trials(args.folder.resolve(), spec)
     summary = export_pareto(records, spec, args.out or args.folder / "pareto", reference=reference)
-    print(render_summary(summary))
+    if args.json:
+        document = {**summary_json(summary), "files": {k: str(v) for k, v in summary.files.items()}}
+        print(json.dumps(_finite(document), indent=2, allow_nan=False))
+    else:
+        print(render_summary(summary))
     return 0
 
 

@@ -444,10 +444,11 @@ def run_sweep(
     from scrutable.paths import write_atomically
     from scrutable.sweep import cluster, driver_sync, storage, tracking, trust
     from scrutable.sweep import resume as resuming
-    from scrutable.sweep.frontier import export_pareto, render_summary
+    from scrutable.sweep.frontier import export_pareto, render_summary, summary_json
     from scrutable.sweep.progress import SweepProgress, TuneProgress, stop_all
     from scrutable.sweep.results import collect_trials
     from scrutable.sweep.scorer_actor import start_scorer
+    from scrutable.sweep.terminal import fit, say
     from scrutable.sweep.trainable import with_spec
     from scrutable.sweep.ui import frontier_url
 
@@ -480,13 +481,18 @@ def run_sweep(
     uri = spec.tracking.uri or tracking.default_uri(folder)
     if spec.tracking.uri:  # a server: check it answers before creating anything on disk
         tracking.check_reachable(uri)
+    ray_address = address or os.environ.get("RAY_ADDRESS")
+    say(started, f"starting Ray ({'local, 127.0.0.1 only' if not ray_address else 'cluster at ' + ray_address})")
     start_ray(spec, address)
     storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))  # never half a spec
+    say(started, f"MLflow at {uri}")
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
     tracking.save_views(uri, experiment_id, spec.metric_names, spec.directions, list(spec.search))
+    gpu = f", {spec.scorer_resources.gpu:g} GPU" if spec.scorer_resources.gpu else ""
+    say(started, f"loading the scorer {spec.scorer} in the shared actor{gpu}")
     actor = start_scorer(
         spec.name,
         spec.scorer,
@@ -499,7 +505,7 @@ def run_sweep(
         stats_path=str(folder / "scorer_stats.json"),  # the counts survive actor restarts and --resume
     )
     example_config = spec.trial_config(spec.space.example_point())
-    progress = SweepProgress(spec, steps_per_trial=example_config.steps)
+    progress = SweepProgress(spec, steps_per_trial=example_config.steps, started=started)
     params = {
         "sweep": spec.name,
         "method": spec.method,
@@ -520,6 +526,7 @@ def run_sweep(
     wrapped = with_spec(spec.to_dict(), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     # --- sweep --------------------------------------------------------------------------
+    say(started, f"Tune: {spec.trials} trials of {spec.method} on {spec.task}, {spec.concurrency} at a time")
     from scrutable.sweep.tune_log import tune_log  # Tune's warnings to folder/tune.log; a failed restore refused
 
     with tune_log(folder, resume=resume):  # Tuner.restore reads the state here too
@@ -558,20 +565,30 @@ def run_sweep(
         "mlflow_retried_writes": mlflow_callback.retried_writes,
         "mlflow_lost_writes": lost,
     }
+    summary["pareto"] = {**summary_json(summary_data), "files": {k: str(v) for k, v in summary_data.files.items()}}
     print(render_summary(summary_data))
     print(
-        f"scorer actor: {stats['batches']} batches, mean batch {stats['mean_batch_size']:.2f} sequences, "
-        f"{stats['mixed_batch_share']:.0%} mixed trials (counted since the actor last started)"
+        fit(
+            f"scorer actor: {stats['batches']} batches, mean batch {stats['mean_batch_size']:.2f} sequences, "
+            f"{stats['mixed_batch_share']:.0%} mixed trials (counted since the actor last started)"
+        )
     )
     if lost:
         print(
-            f"warning: {len(lost)} MLflow write(s) could not be made after retries and repair: "
-            + "; ".join(lost[:5])
-            + (" ..." if len(lost) > 5 else ""),
+            fit(
+                f"warning: {len(lost)} MLflow write(s) could not be made after retries and repair: "
+                + "; ".join(lost[:5])
+                + (" ..." if len(lost) > 5 else "")
+            ),
             flush=True,
         )
     elif mlflow_callback.failed_writes:
-        print(f"MLflow: {mlflow_callback.failed_writes} write(s) failed at first and were repaired from Tune's results")
+        print(
+            fit(
+                f"MLflow: {mlflow_callback.failed_writes} write(s) failed at first and were repaired "
+                "from Tune's results"
+            )
+        )
     interrupted = len(records) < spec.trials or finished < len(records)
     all_failed = not interrupted and failed == len(records)
     try:
@@ -592,11 +609,11 @@ def run_sweep(
     summary["interrupted"] = interrupted
     summary["all_failed"] = all_failed
     if interrupted:
-        print(f"sweep interrupted after {elapsed:.0f} s: run `scrutable sweep <spec> --resume` to finish it")
+        say(started, f"sweep interrupted: run `scrutable sweep {folder} --resume` to finish it")
     elif all_failed:
-        print(f"sweep failed: every one of its {failed} trials failed (reasons above); nothing to compare")
+        say(started, f"sweep failed: every one of its {failed} trials failed (reasons above); nothing to compare")
     else:
-        print(f"sweep finished in {elapsed:.0f} s; MLflow: scrutable ui {folder}")
+        say(started, f"sweep finished in {elapsed:.0f} s; MLflow: scrutable ui {folder}")
         compare = frontier_url(folder)
         if compare:  # a URL is never cut to the terminal's width
             print(f"frontier runs charted in MLflow (once `scrutable ui` serves it):\n  {compare}")
