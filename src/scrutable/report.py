@@ -43,6 +43,7 @@ from scrutable.metrics import keys
 from scrutable.paths import check_writable, write_atomically
 from scrutable.reference_phrases import Reference, reference_perplexities
 from scrutable.report_plots import Curve, Point, plot_alpha_tradeoff, plot_curves, plot_lengths
+from scrutable.sweep.frontier import task_baseline
 from scrutable.sweep.pareto import non_dominated
 from scrutable.sweep.results import TrialRecord, collect_trials
 from scrutable.sweep.search_space import Dimension
@@ -235,10 +236,15 @@ def trial_table(sweep: Sweep) -> list[str]:
 
 
 def frontier_rows(sweep: Sweep) -> list[TrialRecord]:
-    """Completed trials with finite objectives that no other trial dominates, best first."""
+    """Completed trials with finite objectives that beat the sweep's baseline (a uniform guess,
+    `frontier.task_baseline`) and that no other such trial dominates, best first: pareto.csv."""
     spec = sweep.spec
+    baseline = task_baseline(spec)
     eligible = [
-        r for r in sweep.completed if all(math.isfinite(r.objectives.get(m, math.nan)) for m in spec.metric_names)
+        r
+        for r in sweep.completed
+        if all(math.isfinite(r.objectives.get(m, math.nan)) for m in spec.metric_names)
+        and (baseline is None or baseline.beaten_by(r))
     ]
     if not eligible:
         return []
@@ -262,6 +268,10 @@ def frontier_table(sweep: Sweep) -> list[str]:
         for r in frontier_rows(sweep)
     ]
     if not rows:
+        baseline = task_baseline(sweep.spec)
+        if baseline is not None and sweep.completed:
+            beat = f"{baseline.metric} {baseline.value:.4g}, {baseline.source}"
+            return [f"No trial beats the baseline ({beat}): no frontier."]
         return ["No completed trial with finite objectives: no frontier."]
     header = [*(param_header(n) for n in names), *sweep.spec.metric_names, f"test {sweep.metric_name}", "prompt"]
     return table(header, rows)

@@ -13,10 +13,19 @@ objective and strictly better in one) and writes, under `out_dir`:
 Every value of a row comes from one trial's final report, which describes one prompt (the
 best on the dev objective) with its dev and test numbers.
 
+A baseline (`task_baseline`): a prompt that scores no better than a uniform guess over the
+task's labels (-log 2 on SST-2's dev objective, the mean log-probability of the correct
+label; 1/2 on accuracy) is useless however readable it is. Only trials that beat it are
+frontier candidates; the others stay in trials.csv with the reason in `excluded`. The empty
+prompt's own dev objective is not measured here (it needs the task model, loaded only in
+the trials): the uniform guess is the bound, and where a task has no labels (Yelp's joint
+score) there is no baseline.
+
 The hypervolume (`pareto.hypervolume`) is measured against a stated reference point: the
 one passed in, else `pareto.default_reference` (10% of the observed range beyond the worst
-trial). Default references move with the data, so only compare hypervolumes across sweeps
-that were exported with the same explicit reference.
+candidate) with the baseline as its task coordinate, so it counts only what beats the
+baseline. Default references move with the data, so only compare hypervolumes across
+sweeps that were exported with the same explicit reference.
 
     summary = export_pareto(collect_trials(folder, spec), spec, folder / "pareto")
     print(render_summary(summary))
@@ -47,6 +56,37 @@ _DIRECTION: dict[str, Direction] = {"max": "maximize", "min": "minimize"}
 
 
 @dataclass(frozen=True)
+class TaskBaseline:
+    """The score a prompt must beat in one maximised task objective, and where it comes from."""
+
+    metric: str
+    value: float
+    source: str
+
+    def beaten_by(self, record: TrialRecord) -> bool:
+        return record.objectives[self.metric] > self.value
+
+
+def task_baseline(spec: SweepSpec) -> TaskBaseline | None:
+    """A uniform guess over the task's labels in the spec's task objective (the dev objective:
+    -log(labels); the dev accuracy: 1/labels), or None where neither is maximised or the task
+    has no labels. Reads no data and loads no model (a task's splits load on first use)."""
+    from scrutable.tasks import get_task
+
+    modes = dict(zip(spec.metric_names, spec.directions, strict=True))
+    verbalizers = getattr(get_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed), "verbalizers", None)
+    if not verbalizers:
+        return None
+    labels = len(next(iter(verbalizers.values())))
+    source = f"uniform guess over {labels} labels"
+    if modes.get(keys.TASK_DEV_OBJECTIVE) == "max":
+        return TaskBaseline(keys.TASK_DEV_OBJECTIVE, -math.log(labels), source)
+    if modes.get(keys.TASK_DEV) == "max":
+        return TaskBaseline(keys.TASK_DEV, 1 / labels, source)
+    return None
+
+
+@dataclass(frozen=True)
 class ParetoSummary:
     """What `export_pareto` found and wrote; `render_summary` prints it."""
 
@@ -65,6 +105,8 @@ class ParetoSummary:
     files: dict[str, Path]
     failures: dict[str, str] = field(default_factory=dict)  # trial id -> error line
     notes: list[str] = field(default_factory=list)
+    baseline: TaskBaseline | None = None
+    n_below_baseline: int = 0  # completed with finite objectives, but not better than the baseline
 
 
 def export_pareto(
@@ -88,17 +130,28 @@ def export_pareto(
 
     excluded = {r.trial_id: _exclusion(r, metrics) for r in records}
     eligible = [r for r in records if excluded[r.trial_id] is None]
-    points = np.array([[r.objectives[m] for m in metrics] for r in eligible], dtype=float).reshape(-1, len(metrics))
+    baseline = task_baseline(spec)
+    below = {
+        r.trial_id: f"does not beat the baseline ({baseline.metric} {r.objectives[baseline.metric]:.4g} <= "
+        f"{baseline.value:.4g}, {baseline.source})"
+        for r in eligible
+        if baseline is not None and not baseline.beaten_by(r)
+    }
+    candidates = [r for r in eligible if r.trial_id not in below]
+    points = np.array([[r.objectives[m] for m in metrics] for r in candidates], dtype=float).reshape(-1, len(metrics))
     on_frontier = non_dominated(points, directions)  # (N,)
-    frontier = _best_first([r for r, keep in zip(eligible, on_frontier, strict=True) if keep], metrics, directions)
+    frontier = _best_first([r for r, keep in zip(candidates, on_frontier, strict=True) if keep], metrics, directions)
     frontier_ids = {r.trial_id for r in frontier}
 
     notes: list[str] = []
     volume = reference_values = source = None
-    if eligible:
+    if candidates:
         if reference is None:
             reference_values = [float(v) for v in default_reference(points, directions, margin=REFERENCE_MARGIN)]
             source = f"default: {REFERENCE_MARGIN:.0%} of the observed range beyond the worst trial"
+            if baseline is not None:
+                reference_values[metrics.index(baseline.metric)] = baseline.value
+                source = f"default: baseline {baseline.metric}, elsewhere {REFERENCE_MARGIN:.0%} beyond the worst"
         else:
             reference_values, source = [float(v) for v in reference], "given"
         volume = hypervolume(points, directions, reference_values)
@@ -108,6 +161,8 @@ def export_pareto(
                 f"warning: hypervolume 0 against the reference ({named}, {source}): no trial beats it in every "
                 "objective; pick a looser reference"
             )
+    elif eligible and baseline is not None:
+        notes.append(f"no trial beats the baseline ({baseline.metric} {baseline.value:.4g}, {baseline.source})")
     else:
         notes.append("no completed trial with finite objectives: no frontier, plots skipped")
     non_finite = sum(1 for reason in excluded.values() if reason and reason.startswith("non-finite"))
@@ -122,7 +177,7 @@ def export_pareto(
         "pareto.json": out_dir / "pareto.json",
     }
     params = list(spec.search)
-    _write_csv(files["trials.csv"], records, spec, frontier_ids, excluded, full=True)
+    _write_csv(files["trials.csv"], records, spec, frontier_ids, {**excluded, **below}, full=True)
     _write_csv(files["pareto.csv"], frontier, spec, frontier_ids, excluded, full=False)
     summary = ParetoSummary(
         sweep=spec.name,
@@ -140,6 +195,8 @@ def export_pareto(
         files=files,
         failures={r.trial_id: r.error or "" for r in records if r.status == FAILED},
         notes=notes,
+        baseline=baseline,
+        n_below_baseline=len(below),
     )
     write_atomically(files["pareto.json"], json.dumps(summary_json(summary), indent=2, allow_nan=False) + "\n")
 
@@ -199,7 +256,7 @@ def _write_csv(
 ) -> None:
     head = ["trial_id", "status", "on_frontier"] if full else ["trial_id"]
     tail = ["prompt_text", "token_ids", "mlflow_run_id", "checkpoint"] + (["excluded"] if full else [])
-    columns = head + list(spec.search) + _value_columns(spec) + tail
+    columns = head + spec.space.names + _value_columns(spec) + tail  # the trial's own seed too
     with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -209,7 +266,7 @@ def _write_csv(
                 "status": r.status,
                 "on_frontier": r.trial_id in frontier_ids,
             }
-            row.update({name: r.params.get(name) for name in spec.search})
+            row.update({name: r.params.get(name) for name in spec.space.names})
             row.update({column: r.metrics.get(column) for column in _value_columns(spec)})
             row.update(
                 prompt_text=r.prompt_text,
@@ -260,6 +317,14 @@ def summary_json(summary: ParetoSummary) -> dict[str, Any]:
         },
         "hypervolume": summary.hypervolume,
         "reference": reference,
+        "baseline": None
+        if summary.baseline is None
+        else {
+            "metric": summary.baseline.metric,
+            "value": summary.baseline.value,
+            "source": summary.baseline.source,
+            "trials_not_beating_it": summary.n_below_baseline,
+        },
         "frontier": [_frontier_json(r) for r in summary.frontier],
         "failures": summary.failures,
         "notes": summary.notes,
@@ -312,6 +377,15 @@ def render_summary(summary: ParetoSummary, max_rows: int = 15, width: int = WIDT
         lines.append(
             fit(
                 f"hypervolume {summary.hypervolume:.4g} w.r.t. reference ({reference}; {summary.reference_source})",
+                width=width,
+            )
+        )
+    if summary.baseline is not None:
+        b = summary.baseline
+        lines.append(
+            fit(
+                f"baseline {b.metric} {b.value:.4g} ({b.source}): {summary.n_below_baseline} completed trial(s) "
+                "do not beat it and are left off the frontier (they stay in trials.csv)",
                 width=width,
             )
         )
