@@ -2,18 +2,21 @@
 the frontier fetched with `ray rsync-down`, `ray down`, against an sshd on 127.0.0.1.
 
 The "remote machine" is this one, reached over SSH as root, isolated so that the test can
-neither disturb nor be disturbed by other Ray users here: sshd runs in its own PID and
-mount namespaces (`unshare --pid --fork --mount-proc`), so the `ray stop` that `ray up`
-and `ray down` run sees only the cluster's processes, and killing that sshd ends every
-process the cluster started. Inside the namespace a private `~/.bashrc` (a bind mount)
+neither disturb nor be disturbed by other Ray users here: sshd runs in its own PID, mount
+and network namespaces (`unshare --pid --fork --mount-proc --net`), so the `ray stop` that
+`ray up` and `ray down` run sees only the cluster's processes, killing that sshd ends every
+process the cluster started, and its port 22 is its own (the `ray` commands join that
+network namespace with `nsenter`; a real sshd on this machine's port 22 does not matter).
+Inside the namespace a private `~/.bashrc` (a bind mount)
 stands in for the node's setup: it puts this venv's `ray`/`scrutable` on PATH and the
 rsynced checkout first on PYTHONPATH, where `cluster-local.yaml` would `pip install -e`
 it (which needs the network and minutes). Machine-specific fields (IP, user, key, ports,
 the rsync target) are replaced; the start commands are the shipped ones plus a port and
 a temp dir, and Ray advertises 127.0.0.1 so nothing listens beyond loopback.
 
-Needs root, unshare, and port 22 free on 127.0.0.1; installs openssh-server and rsync
-with apt-get when missing. By hand: `pytest -m slow tests/test_cluster_launcher.py -s`.
+Needs root, unshare and nsenter (CI has them: there a missing one fails the test); installs
+openssh-server and rsync with apt-get when missing. By hand:
+`pytest -m slow tests/test_cluster_launcher.py -s`.
 """
 
 from __future__ import annotations
@@ -34,30 +37,23 @@ import psutil
 import pytest
 import yaml
 
+from helpers import needs, wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this venv's python, ray and scrutable
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # apt-get, ray up, a sweep, ray down
 
 
 def ensure_ssh_tools() -> None:
     if shutil.which("rsync") and Path("/usr/sbin/sshd").exists() and shutil.which("ssh"):
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("sshd/rsync missing and cannot apt-get install them")
+    can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+    needs(can_install, "sshd and rsync, or apt-get as root to install them")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-qq", "openssh-server", "openssh-client", "rsync"]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
         subprocess.run(install, env=env, capture_output=True, check=True, timeout=600)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:
@@ -66,9 +62,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def ray_cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def ray_cli(network: int, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`ray ARGS` inside the network namespace of process `network` (where sshd listens)."""
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    command = ["nsenter", f"--net=/proc/{network}/ns/net", str(BIN / "ray"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def cluster_processes(temp_dir: Path) -> list[int]:
@@ -81,15 +79,17 @@ def cluster_processes(temp_dir: Path) -> list[int]:
 
 @pytest.fixture
 def sshd(tmp_path):
-    """An sshd on 127.0.0.1:22 in private PID and mount namespaces; yields (key, tmp dir)."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare for an isolated sshd")
+    """An sshd on 127.0.0.1:22 in private PID, mount and network namespaces; yields (key,
+    tmp dir, the pid of a process in that network namespace)."""
+    needs(
+        os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("nsenter") is not None,
+        "root, unshare and nsenter (an isolated sshd)",
+    )
     ensure_ssh_tools()
-    if not port_free(22):
-        pytest.skip("port 22 on 127.0.0.1 is taken (Ray's launcher always connects to port 22)")
     home = Path.home()
-    if not (home / ".bashrc").is_file():
-        pytest.skip(f"{home}/.bashrc is missing (the test shadows it inside the namespace)")
+    made_bashrc = not (home / ".bashrc").exists()
+    if made_bashrc:  # the namespace shadows it with a bind mount, which needs a file to cover
+        (home / ".bashrc").touch()
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
     shutil.copy(tmp_path / "client_key.pub", tmp_path / "authorized_keys")
@@ -112,20 +112,26 @@ def sshd(tmp_path):
             "--pid",
             "--fork",
             "--mount-proc",
+            "--net",
             "sh",
             "-c",
-            f"mount --bind {tmp_path / 'bashrc'} {home / '.bashrc'} && "
+            f"ip link set lo up && mount --bind {tmp_path / 'bashrc'} {home / '.bashrc'} && "
             f"exec /usr/sbin/sshd -D -e -f {tmp_path / 'sshd_config'}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "sshd.log", "w"),  # noqa: SIM115 (closed with the process)
     )
-    deadline = time.monotonic() + 30
-    while port_free(22):
-        assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "sshd.log").read_text()
-        time.sleep(0.2)
+    log = tmp_path / "sshd.log"
+
+    def listening() -> bool:
+        assert daemon.poll() is None, log.read_text()
+        return "Server listening on 127.0.0.1 port 22" in log.read_text()
+
     try:
-        yield tmp_path / "client_key", tmp_path
+        wait_for(listening, 120, "sshd to listen in its namespace", 0.2)
+        # The namespace's processes: unshare forks sh (then sshd), PID 1 inside.
+        (inside,) = wait_for(lambda: psutil.Process(daemon.pid).children(), 60, "sshd's process")
+        yield tmp_path / "client_key", tmp_path, inside.pid
     finally:
         # sshd is PID 1 of the namespace: when it exits, the kernel kills whatever is left there.
         for child in psutil.Process(daemon.pid).children():
@@ -134,10 +140,12 @@ def sshd(tmp_path):
         for path in bootstrap:  # written into the real home by `ray up`
             if not existed[path]:
                 path.unlink(missing_ok=True)
+        if made_bashrc:
+            (home / ".bashrc").unlink(missing_ok=True)
 
 
 def test_ray_up_exec_rsync_down_and_down_on_cluster_local_yaml(sshd):
-    key, tmp = sshd
+    key, tmp, network = sshd
     port = free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="scr-", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
     name = f"scrutable-launcher-test-{uuid.uuid4().hex[:8]}"
@@ -162,7 +170,7 @@ def test_ray_up_exec_rsync_down_and_down_on_cluster_local_yaml(sshd):
     timings = {}
     try:
         started = time.monotonic()
-        up = ray_cli("up", "-y", "--no-config-cache", str(path), timeout=300)
+        up = ray_cli(network, "up", "-y", "--no-config-cache", str(path), timeout=300)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         timings["ray up"] = time.monotonic() - started
         assert cluster_processes(ray_tmp), "ray up started no Ray processes"
@@ -173,27 +181,26 @@ def test_ray_up_exec_rsync_down_and_down_on_cluster_local_yaml(sshd):
             "--set storage=runs --set trials=2 --set training.steps=2 "
             "--shared-storage"  # a cluster of one machine (worker_ips: []): its disk is every node's
         )
-        ran = ray_cli("exec", str(path), sweep, timeout=400)
+        ran = ray_cli(network, "exec", str(path), sweep, timeout=400)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
         assert "2/2 trials done (0 failed)" in ran.stdout + ran.stderr
         timings["ray exec (sweep)"] = time.monotonic() - started
 
         fetched = tmp / "fetched"
         fetched.mkdir()
-        down_files = ray_cli("rsync-down", str(path), f"{checkout}/runs/quickstart/pareto/", f"{fetched}/", timeout=120)
+        pareto = f"{checkout}/runs/quickstart/pareto/"
+        down_files = ray_cli(network, "rsync-down", str(path), pareto, f"{fetched}/", timeout=120)
         assert down_files.returncode == 0, down_files.stdout[-2000:] + down_files.stderr[-2000:]
         frontier = json.loads((fetched / "pareto.json").read_text())
         assert frontier["frontier"] and (fetched / "trials.csv").read_text().count("\n") == 3  # header + 2 trials
     finally:
         started = time.monotonic()
-        down = ray_cli("down", "-y", str(path), timeout=180)
+        down = ray_cli(network, "down", "-y", str(path), timeout=180)
         timings["ray down"] = time.monotonic() - started
         for lock in (f"/tmp/cluster-{name}.lock", f"/tmp/cluster-{name}.state"):
             Path(lock).unlink(missing_ok=True)
         print("launcher timings (s):", {k: round(v) for k, v in timings.items()})
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
-    deadline = time.monotonic() + 60
-    while cluster_processes(ray_tmp):  # `ray down` really stopped Ray on the node
-        assert time.monotonic() < deadline, f"still running after ray down: {cluster_processes(ray_tmp)}"
-        time.sleep(1)
+    # `ray down` really stopped Ray on the node.
+    wait_for(lambda: not cluster_processes(ray_tmp), 300, "Ray to stop after ray down", 1.0)
     shutil.rmtree(ray_tmp, ignore_errors=True)
