@@ -259,6 +259,18 @@ CASES = [
         fault=errno.ENOSPC,
     ),
     Case(
+        "eval-json-read-only-file-system",
+        [*EVALUATE, "--prompt", "x", "--limit", "2", "--json", "card.json"],
+        "read-only file system",
+        fault=errno.EROFS,
+    ),
+    Case(
+        "eval-json-permission-denied-at-write",
+        [*EVALUATE, "--prompt", "x", "--limit", "2", "--json", "card.json"],
+        "permission denied",
+        fault=errno.EACCES,
+    ),
+    Case(
         "eval-tsv-missing-sentence-column",
         [*EVALUATE, "--prompt", "x", "--data-dir", "data", "--split", "test"],
         "no 'sentence' column",

@@ -119,3 +119,17 @@ def test_a_failed_pareto_write_leaves_the_previous_export_whole(tmp_path, monkey
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".json")}
     assert after == before  # the old files, whole; no temporary file left beside them
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_damaged_reference_perplexity_cache_is_recomputed_and_rewritten_whole(tmp_path):
+    from scrutable.reference_phrases import CACHE_FILE, reference_perplexities
+
+    spec, _ = pareto_inputs(tmp_path)
+    spec = spec_from_mapping({**spec.to_dict(), "data_dir": os.environ["SCRUTABLE_DATA_DIR"]}, "spec")
+    first = reference_perplexities(tmp_path, spec, [3])
+    cache = tmp_path / CACHE_FILE
+    whole = cache.read_text()
+    for damage in (whole[: len(whole) // 2], "[]", '{"key": 1, "lengths": {"x": 2}}'):
+        cache.write_text(damage)
+        assert reference_perplexities(tmp_path, spec, [3]) == first
+        assert cache.read_text() == whole

@@ -20,9 +20,10 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from scrutable.paths import write_atomically
 from scrutable.sweep.spec import SweepSpec
 
 N_PHRASES = 100
@@ -44,15 +45,21 @@ def reference_perplexities(folder: Path, spec: SweepSpec, lengths: Sequence[int]
     cache_path = Path(folder) / CACHE_FILE
     cached: dict[str, dict[str, object]] = {}
     if cache_path.is_file():
-        loaded = json.loads(cache_path.read_text())
-        if loaded.get("key") == key:
-            cached = loaded.get("lengths", {})
+        try:
+            loaded = json.loads(cache_path.read_text())
+        except (OSError, ValueError):  # a damaged cache is a miss: recomputed and rewritten below
+            loaded = None
+        if isinstance(loaded, dict) and loaded.get("key") == key and isinstance(loaded.get("lengths"), dict):
+            names = {f.name for f in fields(Reference)}
+            cached = {
+                k: v for k, v in loaded["lengths"].items() if k.isdigit() and isinstance(v, dict) and set(v) == names
+            }
     missing = [length for length in sorted(set(lengths)) if str(length) not in cached]
     if missing:
         for reference in _compute(spec, missing):
             cached[str(reference.length)] = asdict(reference)
         ordered = {k: cached[k] for k in sorted(cached, key=int)}
-        cache_path.write_text(json.dumps({"key": key, "lengths": ordered}, indent=2) + "\n")
+        write_atomically(cache_path, json.dumps({"key": key, "lengths": ordered}, indent=2) + "\n")
     return {length: Reference(**cached[str(length)]) for length in sorted(set(lengths))}  # type: ignore[arg-type]
 
 
