@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -93,7 +93,10 @@ class Resources:
 
 @dataclass(frozen=True)
 class ScorerResources:
-    gpu: float = 0.0  # fractional on GPU clusters; the actor takes no CPU slot
+    gpu: float = 0.0  # fractional on GPU clusters; > 0 runs the scorer on the GPU Ray reserves
+    # CPU slots reserved and torch threads used; 0 never delays a trial (one thread, enough to feed a GPU).
+    cpu: float = 0.0
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the scorer's weights; NLLs stay float32
     max_batch: int = 64  # sequences per forward pass
     # Longest a request waits for other trials' requests to join its batch; it never waits
     # longer than its loop leaves it unresolved (its slack), so a blocking call never waits.
@@ -102,6 +105,8 @@ class ScorerResources:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gpu) and self.gpu >= 0):
             raise ValueError(f"scorer_resources.gpu must be >= 0, got {self.gpu}")
+        if not (math.isfinite(self.cpu) and self.cpu >= 0):
+            raise ValueError(f"scorer_resources.cpu must be >= 0, got {self.cpu}")
         if self.max_batch < 1:
             raise ValueError(f"scorer_resources.max_batch must be at least 1, got {self.max_batch}")
         if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
