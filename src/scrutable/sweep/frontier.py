@@ -8,7 +8,7 @@ objective and strictly better in one) and writes, under `out_dir`:
     pareto.csv    the frontier: objectives, params, test metric, faithfulness, prompt, run id, checkpoint
     pareto.json   the same plus counts, the hypervolume and the reference point it used
     pareto.png    all trials, the frontier highlighted and joined by its attainment steps (`plots.py`)
-    pareto.html   the same in plotly, self-contained (plotly.js inlined: works offline)
+    pareto.html   the same in plotly, offline: plotly.js from plotly.min.js beside it
 
 Every value of a row comes from one trial's final report, which describes one prompt (the
 best on the dev objective) with its dev and test numbers.
@@ -202,8 +202,9 @@ def export_pareto(
 
     plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
     if eligible:
-        plot_png(plots["pareto.png"], eligible, frontier_ids, spec)
-        plot_html(plots["pareto.html"], eligible, frontier_ids, spec)
+        stated = {"hypervolume": volume, "reference": reference_values, "reference_source": source}
+        plot_png(plots["pareto.png"], eligible, frontier_ids, spec, **stated)
+        plot_html(plots["pareto.html"], eligible, frontier_ids, spec, **stated)
         files.update(plots)
     else:
         for stale in plots.values():  # an older export's plot would contradict the CSVs

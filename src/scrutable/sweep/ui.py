@@ -69,7 +69,7 @@ RUN_NAME_COLUMN = "attributes.`Run Name`"
 _SECTION = "scrutable-frontier-charts"  # the chart section's id inside the frontier view
 # Widths in pixels: at 1600 px with MLflow's assistant panel open (it opens on a browser's
 # first visit) the searched values and objectives stay visible; the prompt takes the rest.
-_WIDTHS = {"run": 150, "param": 90, "metric": 135, "prompt": 260, "frontier": 120}
+_WIDTHS = {"run": 115, "param": 80, "metric": 115, "prompt": 260, "frontier": 110}
 
 
 def runs_url(port: int, experiment_id: str, host: str = HOST, *, view: str | None = None) -> str:
@@ -142,6 +142,7 @@ def frontier_view_state(metrics: Sequence[str], directions: Sequence[str], searc
             }
         )
     section = {"uuid": _SECTION, "name": "Pareto frontier", "display": True, "isReordered": False}
+    section |= {"columns": 2, "cardHeight": 420}  # two wide cards (MLflow's default: three of 360 px)
     return {
         "searchFilter": f"tags.`{FRONTIER_TAG}` = 'yes'",
         **_table_state(metrics, directions, searched),
