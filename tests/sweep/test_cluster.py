@@ -2,11 +2,11 @@
 two worker nodes of one CPU each, one of them with a logical GPU, bound to 127.0.0.1.
 
 - `scrutable sweep --address` runs its trials on both workers (the node id each trial
-  reports) while exactly one scorer actor, placed on the GPU node, serves them all, also as
-  the entrypoint of a job whose runtime_env already sets HF_TOKEN and SCRUTABLE_DATA_DIR;
+  reports) while exactly one scorer actor, placed on the GPU node, serves them all;
 - `storage: s3://...` against an S3 server on 127.0.0.1 (moto) puts every checkpoint in the
   bucket, keeps the driver's files in `local_dir` and copies them to the bucket after each
-  trial; after a killed driver, `scrutable sweep s3://.../NAME --resume` on a "fresh head"
+  trial (the driver started as the entrypoint of a job whose runtime_env already sets
+  HF_TOKEN and SCRUTABLE_DATA_DIR); after a killed driver, `scrutable sweep s3://.../NAME --resume` on a "fresh head"
   (the local folder deleted, another local_dir) fetches them and finishes the sweep from the
   bucket's checkpoints without re-running anything, MLflow history included;
 - a storage path declared shared (`--shared-storage`) that one node cannot see (a worker in
@@ -115,13 +115,9 @@ def test_a_path_on_a_cluster_with_no_worker_alive_is_refused_by_its_kind(tmp_pat
 def test_trials_spread_over_nodes_and_one_scorer_on_the_gpu_node(cluster, tmp_path):
     built, cpu_node, gpu_node = cluster
     started = time.monotonic()
-    # As the entrypoint of `ray job submit --runtime-env-json '{"env_vars": {...}}'`: the job already
-    # sets these; forwarding them again would make ray.init fail ("Failed to merge the Job's runtime env").
-    job_vars = {"HF_TOKEN": "hf_test", "SCRUTABLE_DATA_DIR": os.environ["SCRUTABLE_DATA_DIR"]}
-    job = json.dumps({"runtime_env": {"env_vars": job_vars}, "metadata": {}})
     done = subprocess.run(
         sweep_command(built.address, f"storage={tmp_path}", "name=spread", "trials=2", "concurrency=2", shared=True),
-        env={**driver_env(), **job_vars, "RAY_JOB_CONFIG_JSON_ENV_VAR": job},
+        env=driver_env(),
         capture_output=True,
         text=True,
         timeout=420,
@@ -164,7 +160,12 @@ def test_s3_storage_holds_checkpoints_and_resume_reads_them(cluster, tmp_path, m
         s3_settings = ("storage=s3://sweeps/team", "scorer_resources.gpu=0")
         command = sweep_command(built.address, *s3_settings, f"local_dir={local}", "trials=3", "concurrency=1")
         started = time.monotonic()
-        first = subprocess.Popen(command, env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # As the entrypoint of `ray job submit --runtime-env-json '{"env_vars": {...}}'`: the job already
+        # sets these; forwarding them again would make ray.init fail ("Failed to merge the Job's runtime env").
+        job_vars = {"HF_TOKEN": "hf_test", "SCRUTABLE_DATA_DIR": os.environ["SCRUTABLE_DATA_DIR"]}
+        job = json.dumps({"runtime_env": {"env_vars": job_vars}, "metadata": {}})
+        job_env = {**driver_env(), **job_vars, "RAY_JOB_CONFIG_JSON_ENV_VAR": job}
+        first = subprocess.Popen(command, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seen: list[str] = []
         one_done = threading.Event()
 

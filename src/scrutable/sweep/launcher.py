@@ -453,7 +453,10 @@ def run_sweep(
     from scrutable.sweep.ui import frontier_url
 
     # --- setup --------------------------------------------------------------------------
-    os.environ.update(QUIET_ENV)
+    # RAY_AUTH_MODE is start_ray's to set: a cluster joined by address keeps its own mode
+    # (a head started where ~/.ray/auth_token exists requires the token; "disabled" here
+    # would make every connection fail with InvalidAuthToken).
+    os.environ.update({k: v for k, v in QUIET_ENV.items() if k != "RAY_AUTH_MODE"})
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     folder = spec.folder()  # the driver's files
