@@ -314,7 +314,11 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], visiting: set[int]) ->
 
 def parse_yaml(text: str, where: str) -> Any:
     """YAML -> Python, with duplicate keys, syntax errors and alias bombs as one UserError line."""
-    loader = _UniqueKeyLoader(text)
+    try:
+        loader = _UniqueKeyLoader(text)  # its reader refuses control characters at once
+    except yaml.reader.ReaderError as exc:
+        where_in = f"character #x{exc.character:04x} at position {exc.position}"  # the code point, an int
+        raise UserError(f"{where} is not valid YAML ({where_in}: {exc.reason}): fix it") from None
     try:
         node = loader.get_single_node()
         if node is None:
