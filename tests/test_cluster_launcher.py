@@ -102,6 +102,9 @@ def sshd(tmp_path):
         f"export PATH={BIN}:$PATH PYTHONPATH={tmp_path / 'scrutable' / 'src'}\n"
         f"export SCRUTABLE_DATA_DIR={os.environ['SCRUTABLE_DATA_DIR']} HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0\n"
         "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # Ray keeps 127.0.0.1 instead of the routable address\n"
+        # `ray start` and the driver agree on the auth mode whatever ~/.ray holds: with a token
+        # there and the mode unset, `ray start` requires it and a driver joining by address sends none.
+        "export RAY_AUTH_MODE=disabled\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     bootstrap = [home / "ray_bootstrap_config.yaml", home / "ray_bootstrap_key.pem"]
