@@ -202,9 +202,16 @@ def export_pareto(
 
     plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
     if eligible:
-        stated = {"hypervolume": volume, "reference": reference_values, "reference_source": source}
-        plot_png(plots["pareto.png"], eligible, frontier_ids, spec, **stated)
-        plot_html(plots["pareto.html"], eligible, frontier_ids, spec, **stated)
+        for plot, name in ((plot_png, "pareto.png"), (plot_html, "pareto.html")):
+            plot(
+                plots[name],
+                eligible,
+                frontier_ids,
+                spec,
+                hypervolume=volume,
+                reference=reference_values,
+                reference_source=source,
+            )
         files.update(plots)
     else:
         for stale in plots.values():  # an older export's plot would contradict the CSVs

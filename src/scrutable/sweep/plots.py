@@ -182,8 +182,10 @@ def plot_png(
     reference: Sequence[float] | None = None,
     reference_source: str | None = None,
 ) -> None:
-    stated = {"hypervolume": hypervolume, "reference": reference, "reference_source": reference_source}
-    png_figure(eligible, frontier_ids, spec, **stated).savefig(path, dpi=DPI)
+    figure = png_figure(
+        eligible, frontier_ids, spec, hypervolume=hypervolume, reference=reference, reference_source=reference_source
+    )
+    figure.savefig(path, dpi=DPI)
 
 
 def png_figure(
