@@ -363,12 +363,12 @@ def render_summary(summary: ParetoSummary, max_rows: int = 15, width: int = WIDT
         )
         lines.append(fit(f"objectives: {legend}", width=width))
         header = ["trial", *short, *(SHORT_PARAM.get(p, p) for p in summary.param_names), "prompt"]
-        rows = [
+        rows: list[list[str]] = [
             [
                 r.trial_id,
                 *(f"{r.objectives[m]:.4g}" for m in summary.metric_names),
                 *(_cell(r.params.get(p)) for p in summary.param_names),
-                r.prompt_text,
+                r.prompt_text or "",
             ]
             for r in summary.frontier[:max_rows]
         ]
