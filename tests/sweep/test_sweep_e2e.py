@@ -14,6 +14,7 @@ import mlflow
 import optuna
 import pytest
 import ray
+import yaml
 
 from scrutable.sweep.artifacts import local_path
 from scrutable.sweep.launcher import run_sweep
@@ -134,13 +135,34 @@ def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
         assert runs[trial_id].data.metrics["interp/perplexity"] == pytest.approx(card["perplexity"])
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in SWEEPS if p.stem != "quickstart"], ids=lambda p: str(p.relative_to(REPO / "sweeps"))
-)
-def test_paper_specs_run_in_smoke_mode(path, tmp_path):
-    summary = run_sweep(smoke_spec(str(path.relative_to(REPO / "sweeps")), tmp_path))
-    assert summary["trials_finished"] == summary["trials_planned"] and not summary["interrupted"]
-    assert (tmp_path / path.stem / "pareto" / "trials.csv").is_file()
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(REPO / "sweeps")))
+def test_every_spec_runs_in_smoke_mode_as_the_readme_shows(path, tmp_path, monkeypatch, capsys):
+    """`scrutable sweep sweeps/X.yaml --smoke` from the repository root, with no --out and no
+    storage setting: the spec's default `storage: runs` must reach Tune as an absolute path.
+    The working directory is a stand-in for the root (its `sweeps/` is the repository's), so
+    the sweep lands in tmp_path/runs, not in the checkout."""
+    from scrutable.cli import main
+
+    (tmp_path / "sweeps").symlink_to(REPO / "sweeps")
+    monkeypatch.chdir(tmp_path)
+    relative = path.relative_to(REPO)
+    assert main(["sweep", str(relative), "--smoke", "--json"]) == 0
+    spec = load_spec(relative, smoke=True)
+    folder = tmp_path / "runs" / spec.name
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # --json: stdout is one JSON document, the rest went to stderr
+    assert "starting Ray" in captured.err and "first trial started" in captured.err
+    assert document["folder"] == str(folder.resolve()) and document["trials_finished"] == spec.trials
+    assert document["pareto"]["counts"]["trials"] == spec.trials
+    assert document["pareto"]["files"]["pareto.csv"] == str(folder.resolve() / "pareto" / "pareto.csv")
+    assert len(document["pareto"]["frontier"]) == document["pareto"]["counts"]["frontier"]
+    assert main(["pareto", str(folder), "--json"]) == 0  # the frontier re-exported, for scripts
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["frontier"] == json.loads((folder / "pareto" / "pareto.json").read_text())["frontier"]
+    assert exported["files"] == document["pareto"]["files"]
+    assert (folder / "pareto" / "trials.csv").is_file() and (folder / "tune").is_dir()
+    stored = yaml.safe_load((folder / "spec.yaml").read_text())
+    assert stored["storage"] == stored["local_dir"] == str(tmp_path.resolve() / "runs")  # resolved once, absolute
 
 
 def test_resume_after_killing_the_driver(tmp_path):
