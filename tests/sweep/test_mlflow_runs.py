@@ -142,3 +142,28 @@ def test_ui_serves_the_artifacts_of_a_moved_folder_and_stops_cleanly(sweep, tmp_
             assert probe.connect_ex(("127.0.0.1", port)) != 0
     finally:
         hidden.rename(sweep)
+
+
+def test_a_retried_trial_repeating_its_steps_writes_each_point_once(tmp_path):
+    """A trial retried from an earlier checkpoint reports the steps after it again (seen in a
+    fault test: `train/step` 4 twice in MLflow). Each step is one point in the run's history."""
+    from types import SimpleNamespace
+
+    from scrutable.metrics import keys
+    from scrutable.sweep import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent_id = tracking.connect(uri, "retry", tmp_path)
+    callback = tracking.MlflowTracking(uri, experiment_id, parent_id, {}, ["alpha"], tmp_path)
+    trial = SimpleNamespace(trial_id="t1", config={"alpha": 0.5})
+    history = json.dumps([[3, {keys.STEP_LOSS: 0.9}], [4, {keys.STEP_LOSS: 0.8}]])
+    first = {keys.TRAIN_STEP: 4, keys.TASK_DEV_OBJECTIVE: -0.6, keys.PROGRESS_HISTORY: history}
+    retried = {keys.TRAIN_STEP: 4, keys.TASK_DEV_OBJECTIVE: -0.6, keys.PROGRESS_HISTORY: history}
+    later = {keys.TRAIN_STEP: 6, keys.TASK_DEV_OBJECTIVE: -0.5}
+    for result in (first, retried, later):
+        callback.on_trial_result(0, [], trial, result)
+    client = mlflow.MlflowClient(uri)
+    run_id = callback.run_id(trial)
+    objective = [(m.step, m.value) for m in client.get_metric_history(run_id, keys.TASK_DEV_OBJECTIVE)]
+    assert sorted(objective) == [(4, -0.6), (6, -0.5)]
+    assert sorted(m.step for m in client.get_metric_history(run_id, keys.STEP_LOSS)) == [3, 4]

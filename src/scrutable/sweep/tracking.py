@@ -232,6 +232,9 @@ class MlflowTracking(Callback):
         self.retried_writes = 0  # tries that failed and were retried
         self.repaired_writes = 0  # steps written by `repair` from Tune's results
         self.pending: list[tuple[str, Any]] = []  # (description, write) waiting for the store
+        # run id -> metric key -> the last step written: a trial retried from an earlier
+        # checkpoint reports its steps after that checkpoint again; each is one point, not two.
+        self.written: dict[str, dict[str, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state
         state = dict(self.__dict__)
@@ -402,8 +405,12 @@ class MlflowTracking(Callback):
             if keys.TRAIN_STEP in result:  # an evaluation (a step report holds only progress/*)
                 step = int(result[keys.TRAIN_STEP])
                 metrics += [Metric(k, v, now, step) for k, v in numeric(result).items()]
+            written = self.written.setdefault(run_id, {})
+            metrics = [m for m in metrics if m.step > written.get(m.key, -1)]  # a retry's repeats: once
             for start in range(0, len(metrics), 1000):  # MLflow's batch limit
                 self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+            for metric in metrics:
+                written[metric.key] = max(metric.step, written.get(metric.key, -1))
             if keys.PROMPT_TEXT in result and keys.TRAIN_STEP in result:
                 step = int(result[keys.TRAIN_STEP])
                 self.artifacts.text(run_id, str(result[keys.PROMPT_TEXT]), f"prompts/step_{step:06d}.txt")
