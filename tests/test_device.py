@@ -49,6 +49,8 @@ def test_a_ray_worker_uses_the_gpu_it_reserved_and_its_cpus_as_threads():
     assert choose("auto", ["3"], 4.0, "the trial") == choose("cuda", [3], 4.0, "the trial")
     assert choose("auto", ["3"], 4.0, "the trial").device == "cuda"
     assert choose("cpu", ["0"], 2.0, "the trial").device == "cpu"  # asked for the CPU: stays there
+    # A reserved GPU torch cannot use (CPU torch, a logical GPU): auto stays on the CPU.
+    assert choose("auto", ["0"], 1.0, "the trial", cuda_available=False).device == "cpu"
     assert [choose("auto", [], cpus, "x").threads for cpus in (None, 0, 0.5, 1, 2.7, 8)] == [1, 1, 1, 1, 2, 8]
     with pytest.raises(UserError, match="the trial asks for device cuda but reserves no GPU"):
         choose("cuda", [], 1.0, "the trial")
@@ -56,9 +58,9 @@ def test_a_ray_worker_uses_the_gpu_it_reserved_and_its_cpus_as_threads():
 
 @pytest.mark.slow
 def test_place_worker_inside_ray_reads_the_reserved_gpu_and_cpus():
-    """A real Ray worker that reserved 1 (logical) GPU and 2 CPUs resolves auto to cuda and
-    runs 2 torch threads; one that reserved none stays on the CPU with 1 thread. The GPU is
-    a resource Ray is told about: this machine has none, so nothing is loaded onto it."""
+    """A real Ray worker that reserved 1 GPU and 2 CPUs sees the GPU Ray assigned and runs 2
+    torch threads; one that reserved none sees no GPU and runs 1 thread. The GPU is a logical
+    resource here (this machine has none), so auto stays on the CPU, as `choose` rules."""
     import ray
 
     from scrutable.sweep.placement import place_worker
@@ -66,14 +68,14 @@ def test_place_worker_inside_ray_reads_the_reserved_gpu_and_cpus():
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
 
-        def where() -> tuple[str, int]:
+        def where() -> tuple[str, int, list]:
             placement = place_worker("auto", "test")
-            return placement.device, torch.get_num_threads()
+            return placement.device, torch.get_num_threads(), ray.get_gpu_ids()
 
         with_gpu = ray.remote(num_cpus=2, num_gpus=1)(where)
         without = ray.remote(num_cpus=0)(where)
-        assert ray.get(with_gpu.remote()) == ("cuda", 2)
-        assert ray.get(without.remote()) == ("cpu", 1)
+        assert ray.get(with_gpu.remote()) == ("cuda" if torch.cuda.is_available() else "cpu", 2, [0])
+        assert ray.get(without.remote()) == ("cpu", 1, [])
     finally:
         ray.shutdown()
 
