@@ -84,6 +84,12 @@ def _log_axis(metric: str, values: Sequence[float]) -> bool:
     return metric == keys.PERPLEXITY and min(values) > 0
 
 
+def _axis(metric: str, mode: str, spec: SweepSpec, eligible: Sequence[TrialRecord]) -> tuple[str, bool]:
+    """An objective's axis over the trials: its label, and whether its scale is logarithmic."""
+    log = _log_axis(metric, [r.objectives[metric] for r in eligible])
+    return axis_label(metric, mode, spec, log), log
+
+
 def _panels(metrics: Sequence[str]) -> list[tuple[int, int | None]]:
     """(x, y) objective indices per panel: a strip for one objective, every pair for more; with
     two, the task objective goes upwards (a trade-off reads as 'up is better')."""
@@ -93,6 +99,19 @@ def _panels(metrics: Sequence[str]) -> list[tuple[int, int | None]]:
         task = [m.startswith("task/") for m in metrics]
         return [(1, 0)] if task[0] and not task[1] else [(0, 1)]
     return [(i, j) for i in range(len(metrics)) for j in range(i + 1, len(metrics))]
+
+
+def _grid(metrics: Sequence[str]) -> tuple[list[tuple[int, int | None]], int, int]:
+    """The panels, and the columns and rows that hold them (at most three across)."""
+    panels = _panels(metrics)
+    columns = min(3, len(panels))
+    return panels, columns, math.ceil(len(panels) / columns)
+
+
+def _xy(group: Sequence[TrialRecord], metrics: Sequence[str], i: int, j: int | None) -> tuple[list[float], list[float]]:
+    """Where a panel puts each trial of `group`: objective i across, objective j up (0 on a strip)."""
+    xs = [r.objectives[metrics[i]] for r in group]
+    return xs, [0.0] * len(group) if j is None else [r.objectives[metrics[j]] for r in group]
 
 
 def region(
@@ -121,6 +140,20 @@ def region(
         path += [(x, y), (following, y)]
     path += [(rx, ry), (corners[0][0], ry)]
     return [(sign[0] * x, sign[1] * y) for x, y in path]
+
+
+def _panel_region(
+    best: Sequence[TrialRecord],
+    metrics: Sequence[str],
+    modes: Sequence[str],
+    reference: Sequence[float],
+    i: int,
+    j: int,
+) -> list[tuple[float, float]]:
+    """The hypervolume `region` a two-objective panel shades: the frontier `best` against the
+    reference point, objective i across and j up."""
+    points = [(r.objectives[metrics[i]], r.objectives[metrics[j]]) for r in best]
+    return region(points, (modes[i], modes[j]), (reference[i], reference[j]))
 
 
 def _alpha(record: TrialRecord) -> float | None:
@@ -203,9 +236,7 @@ def png_figure(
     from matplotlib.figure import Figure
 
     metrics, modes = spec.metric_names, spec.directions
-    panels = _panels(metrics)
-    columns = min(3, len(panels))
-    rows = math.ceil(len(panels) / columns)
+    panels, columns, rows = _grid(metrics)
     height = 3.2 if len(metrics) == 1 else 6.0
     figure = Figure(figsize=(8.5 if len(panels) == 1 else 6.5 * columns, height * rows), dpi=DPI, layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
@@ -215,13 +246,8 @@ def png_figure(
     mappable = None
     labels = []
     for ax, (i, j) in zip(axes, panels, strict=False):
-
-        def xy(group: Sequence[TrialRecord], i: int = i, j: int | None = j) -> tuple[list[float], list[float]]:
-            xs = [r.objectives[metrics[i]] for r in group]
-            return xs, [0.0] * len(group) if j is None else [r.objectives[metrics[j]] for r in group]
-
         if j is not None and len(metrics) == 2 and reference is not None and hypervolume is not None:
-            polygon = region(list(zip(*xy(best), strict=True)), (modes[i], modes[j]), (reference[i], reference[j]))
+            polygon = _panel_region(best, metrics, modes, reference, i, j)
             if polygon:
                 ax.fill(
                     [p[0] for p in polygon],
@@ -257,7 +283,7 @@ def png_figure(
             chosen = [r for r in group if (r.trial_id in frontier_ids) == on]
             if not chosen:
                 continue
-            xs, ys = xy(chosen)
+            xs, ys = _xy(chosen, metrics, i, j)
             mappable = ax.scatter(
                 xs,
                 ys,
@@ -274,11 +300,11 @@ def png_figure(
             (others, {"marker": "o", "color": "tab:blue", "label": "trial"}),
         ):
             if group:
-                xs, ys = xy(group)
+                xs, ys = _xy(group, metrics, i, j)
                 sizes = [110 if r.trial_id in frontier_ids else 45 for r in group]
                 ax.scatter(xs, ys, s=sizes, edgecolors="white", linewidths=0.8, zorder=3, **style)
         ax.scatter([], [], s=110, facecolors="none", edgecolors="black", linewidths=1.8, label="on the Pareto frontier")
-        xs, ys = xy(best)
+        xs, ys = _xy(best, metrics, i, j)
         for r, x, y in zip(best, xs, ys, strict=True):
             text = ax.annotate(
                 quote_prompt(r.prompt_text, LABEL_CHARS) if r.prompt_text is not None else r.trial_id,
@@ -291,15 +317,15 @@ def png_figure(
             )
             text.set_in_layout(False)  # placed inside the axes below, after the layout
             labels.append((ax, text, r.prompt_text))
-        x_log = _log_axis(metrics[i], [r.objectives[metrics[i]] for r in eligible])
-        ax.set_xlabel(axis_label(metrics[i], modes[i], spec, x_log))
+        x_label, x_log = _axis(metrics[i], modes[i], spec, eligible)
+        ax.set_xlabel(x_label)
         if x_log:
             ax.set_xscale("log")
         if j is None:
             ax.set_yticks([])
         else:
-            y_log = _log_axis(metrics[j], [r.objectives[metrics[j]] for r in eligible])
-            ax.set_ylabel(axis_label(metrics[j], modes[j], spec, y_log))
+            y_label, y_log = _axis(metrics[j], modes[j], spec, eligible)
+            ax.set_ylabel(y_label)
             if y_log:
                 ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
@@ -372,22 +398,15 @@ def plot_html(
     from plotly.subplots import make_subplots
 
     metrics, modes = spec.metric_names, spec.directions
-    panels = _panels(metrics)
-    columns = min(3, len(panels))
-    rows = math.ceil(len(panels) / columns)
+    panels, columns, rows = _grid(metrics)
     figure = make_subplots(rows=rows, cols=columns)
     best = [r for r in eligible if r.trial_id in frontier_ids]
     colour_range = _alpha_range(spec, eligible)
     for index, (i, j) in enumerate(panels):
         row, col = index // columns + 1, index % columns + 1
         first = index == 0
-
-        def xy(group: Sequence[TrialRecord], i: int = i, j: int | None = j) -> tuple[list[float], list[float]]:
-            xs = [r.objectives[metrics[i]] for r in group]
-            return xs, [0.0] * len(group) if j is None else [r.objectives[metrics[j]] for r in group]
-
         if j is not None and len(metrics) == 2 and reference is not None and hypervolume is not None:
-            polygon = region(list(zip(*xy(best), strict=True)), (modes[i], modes[j]), (reference[i], reference[j]))
+            polygon = _panel_region(best, metrics, modes, reference, i, j)
             if polygon:
                 figure.add_trace(
                     go.Scatter(
@@ -435,7 +454,7 @@ def plot_html(
         for name, group in groups.items():
             if not group:
                 continue
-            xs, ys = xy(group)
+            xs, ys = _xy(group, metrics, i, j)
             baseline = name == BASELINE_LABEL
             marker: dict[str, Any] = {
                 "size": [15 if r.trial_id in frontier_ids else 8 for r in group],
@@ -473,9 +492,9 @@ def plot_html(
                 row=row,
                 col=col,
             )
-        xs, ys = xy(best)
+        x_label, x_log = _axis(metrics[i], modes[i], spec, eligible)
+        xs, ys = _xy(best, metrics, i, j)
         for r, x, y in zip(best, xs, ys, strict=True):
-            x_log = _log_axis(metrics[i], [r.objectives[metrics[i]] for r in eligible])
             figure.add_annotation(
                 x=math.log10(x) if x_log and x > 0 else x,
                 y=y,
@@ -490,9 +509,8 @@ def plot_html(
                 row=row,
                 col=col,
             )
-        x_log = _log_axis(metrics[i], [r.objectives[metrics[i]] for r in eligible])
         figure.update_xaxes(
-            title_text=axis_label(metrics[i], modes[i], spec, x_log).replace("\n", " "),
+            title_text=x_label.replace("\n", " "),
             type="log" if x_log else None,
             row=row,
             col=col,
@@ -500,9 +518,9 @@ def plot_html(
         if j is None:
             figure.update_yaxes(showticklabels=False, row=row, col=col)
         else:
-            y_log = _log_axis(metrics[j], [r.objectives[metrics[j]] for r in eligible])
+            y_label, y_log = _axis(metrics[j], modes[j], spec, eligible)
             figure.update_yaxes(
-                title_text=axis_label(metrics[j], modes[j], spec, y_log).replace("\n", " "),
+                title_text=y_label.replace("\n", " "),
                 type="log" if y_log else None,
                 row=row,
                 col=col,
