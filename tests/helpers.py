@@ -13,17 +13,25 @@ fails, so CI can never pass by skipping.
 would meet file permissions, for tests that run as root (CI does): a child process of the
 same user without the capabilities that let root ignore permission bits. Same interpreter,
 same checkout (an ordinary user could not even read a checkout under /root).
+
+`tiny_spec(**changes)` is the smallest sweep spec (PEZ on SST-2, tiny random GPT-2s, alpha
+searched); `TINY_METHOD_SETTINGS` and `TINY_METHOD_EXTRA` are a few steps of each registered
+method on the same tiny models; `s3_bucket(monkeypatch)` is an S3 server on 127.0.0.1 (moto)
+with one bucket, `sweeps`, and the AWS environment pointing at it.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import pytest
 
@@ -76,3 +84,69 @@ def main_without_root_file_powers(argv: list[str]) -> int:
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
     return done.returncode
+
+
+_TINY_SPEC: dict[str, Any] = {
+    "name": "t",
+    "method": "pez",
+    "task": "sst2",
+    "model": "tiny-gpt2",
+    "scorer": "tiny-gpt2",
+    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
+    "trials": 2,
+    "training": {"steps": 2},
+}
+
+
+def tiny_spec(**changes: Any) -> dict[str, Any]:
+    """The smallest sweep spec as a YAML mapping, with `changes`; a fresh copy each call, so no
+    test changes another's."""
+    return {**copy.deepcopy(_TINY_SPEC), **changes}
+
+
+# A few steps of a registered method (`trainables/`) on the tiny models: what every method
+# shares, then each method's own (RLPrompt's policy is a tiny GPT-2 as well).
+TINY_METHOD_SETTINGS = {
+    "task": "sst2",
+    "model": "tiny-gpt2",
+    "scorer": "tiny-gpt2",
+    "prompt_length": 3,
+    "steps": 4,
+    "eval_interval": 2,
+    "batch_size": 4,
+    "eval_limit": 8,
+    "test_limit": 8,
+    "alpha": 0.5,
+    "seed": 3,
+}
+TINY_METHOD_EXTRA: dict[str, dict[str, Any]] = {
+    "soft_prompt": {"learning_rate": 0.3},
+    "pez": {},
+    "rlprompt": {"policy_model": "tiny-gpt2", "prompts_per_step": 4, "mlp_hidden_size": 32},
+}
+
+
+@contextmanager
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An S3 server on 127.0.0.1 (moto) holding the empty bucket `sweeps`, with the AWS
+    environment (monkeypatched) pointing at it; yields a boto3 S3 client."""
+    needs(importlib.util.find_spec("moto") is not None, "moto (pip install -e '.[dev]')")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        }.items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="sweeps")
+        yield client
+    finally:
+        server.stop()

@@ -25,22 +25,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import main_without_root_file_powers
+from helpers import main_without_root_file_powers, tiny_spec
 from scrutable.cli import main
 from scrutable.sweep.spec import spec_from_mapping
 
 DATA = Path(os.environ["SCRUTABLE_DATA_DIR"])
 TINY = ["--model", "tiny-gpt2", "--scorer", "tiny-gpt2"]
-SPEC = {
-    "name": "t",
-    "method": "pez",
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
-    "trials": 2,
-    "training": {"steps": 2},
-}
+SPEC = tiny_spec()
 
 
 @dataclass(frozen=True)

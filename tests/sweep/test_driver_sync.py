@@ -4,7 +4,6 @@ and the folder a `scrutable sweep s3://.../NAME --resume` resumes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import needs
+from helpers import s3_bucket
 from scrutable.errors import UserError
 from scrutable.sweep import driver_sync
 
@@ -22,24 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bucket(monkeypatch):
-    needs(importlib.util.find_spec("moto") is not None, "moto (pip install -e '.[dev]')")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-    }.items():
-        monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="sweeps")
-    yield s3
-    server.stop()
+    with s3_bucket(monkeypatch) as s3:
+        yield s3
 
 
 def keys(s3, prefix: str) -> list[str]:

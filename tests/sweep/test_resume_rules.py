@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import tiny_spec
 from scrutable.errors import UserError
 from scrutable.sweep import trust
 from scrutable.sweep.resume import check_compatible, differing_fields
 from scrutable.sweep.spec import spec_from_mapping
 
-BASE = {
-    "name": "t",
-    "method": "pez",
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
-    "trials": 4,
-    "training": {"steps": 2},
-}
+BASE = tiny_spec(trials=4)
 
 
 def spec(**changes):

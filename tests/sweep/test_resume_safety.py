@@ -14,22 +14,14 @@ import optuna
 import pytest
 import yaml
 
+from helpers import tiny_spec
 from scrutable.errors import UserError
 from scrutable.sweep import tracking
 from scrutable.sweep.resume import check_stores
 from scrutable.sweep.spec import spec_from_mapping
 from scrutable.sweep.tune_log import CONTROLLER_LOGGER, LOG_FILE, RESTORE_FAILED, RestoreFailed, tune_log
 
-SPEC = {
-    "name": "t",
-    "method": "pez",
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
-    "trials": 2,
-    "training": {"steps": 2},
-}
+SPEC = tiny_spec()
 
 
 def failed_restore() -> None:

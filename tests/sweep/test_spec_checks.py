@@ -8,18 +8,12 @@ import os
 
 import yaml
 
+from helpers import tiny_spec
 from scrutable.models import max_positions, tiny_gpt2
 from scrutable.sweep.search_space import Dimension
 from scrutable.sweep.spec import max_prompt_length, parse_yaml, spec_from_mapping
 
-SPEC = {
-    "name": "t",
-    "method": "pez",
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "search": {"alpha": {"low": 0.01, "high": 1.0, "log": True, "zero": True}},
-}
+SPEC = tiny_spec()
 
 
 def test_relative_sqlite_paths_are_resolved_against_the_launching_directory(tmp_path, monkeypatch):

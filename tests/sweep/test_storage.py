@@ -4,13 +4,12 @@ is refused with one line, and a finished experiment in a bucket mirrors back for
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-from helpers import needs
+from helpers import s3_bucket
 from scrutable.errors import UserError
 from scrutable.sweep import storage
 from scrutable.sweep.spec import load_spec
@@ -53,24 +52,8 @@ def test_spec_with_a_path_keeps_one_folder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def s3(monkeypatch):
-    needs(importlib.util.find_spec("moto") is not None, "moto (pip install -e '.[dev]')")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-    }.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="sweeps")
-    yield client
-    server.stop()
+    with s3_bucket(monkeypatch) as client:
+        yield client
 
 
 def test_missing_bucket_is_one_line_before_ray(s3):

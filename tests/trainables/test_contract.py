@@ -7,33 +7,15 @@ import math
 import pytest
 import torch
 
+from helpers import TINY_METHOD_EXTRA, TINY_METHOD_SETTINGS
 from scrutable.config import from_mapping
 from scrutable.metrics import keys
 from scrutable.trainables import METHODS, get_method
 from scrutable.trainables.common import load_state, save_state
 
-COMMON = {
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "prompt_length": 3,
-    "steps": 4,
-    "eval_interval": 2,
-    "batch_size": 4,
-    "eval_limit": 8,
-    "test_limit": 8,
-    "alpha": 0.5,
-    "seed": 3,
-}
-EXTRA = {
-    "soft_prompt": {"learning_rate": 0.3},
-    "pez": {},
-    "rlprompt": {"policy_model": "tiny-gpt2", "prompts_per_step": 4, "mlp_hidden_size": 32},
-}
-
 
 def make_config(name, **changes):
-    return from_mapping(get_method(name).config_cls, {**COMMON, **EXTRA[name], **changes})
+    return from_mapping(get_method(name).config_cls, {**TINY_METHOD_SETTINGS, **TINY_METHOD_EXTRA[name], **changes})
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

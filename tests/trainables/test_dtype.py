@@ -16,36 +16,18 @@ import math
 import pytest
 import torch
 
+from helpers import TINY_METHOD_EXTRA, TINY_METHOD_SETTINGS
 from scrutable.config import from_mapping
 from scrutable.metrics import keys
 from scrutable.trainables import METHODS, get_method
 from scrutable.trainables.common import config_model
 
-COMMON = {
-    "task": "sst2",
-    "model": "tiny-gpt2",
-    "scorer": "tiny-gpt2",
-    "prompt_length": 3,
-    "steps": 2,
-    "eval_interval": 2,
-    "batch_size": 4,
-    "eval_limit": 8,
-    "test_limit": 8,
-    "alpha": 0.5,
-    "seed": 3,
-    "device": "cpu",
-    "dtype": "bfloat16",
-}
-EXTRA = {
-    "soft_prompt": {"learning_rate": 0.3},
-    "pez": {},
-    "rlprompt": {"policy_model": "tiny-gpt2", "prompts_per_step": 4, "mlp_hidden_size": 32},
-}
+BFLOAT16 = {**TINY_METHOD_SETTINGS, "steps": 2, "device": "cpu", "dtype": "bfloat16"}
 
 
 def make_config(name, **changes):
     # Strings, as `--set key=value` delivers them: the config coerces and checks them.
-    values = {**COMMON, **EXTRA[name], **changes}
+    values = {**BFLOAT16, **TINY_METHOD_EXTRA[name], **changes}
     return from_mapping(get_method(name).config_cls, {k: str(v) for k, v in values.items()})
 
 
