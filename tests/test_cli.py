@@ -91,12 +91,27 @@ def test_ui_port_in_use(capsys, sweep_folder):
     with sqlite3.connect(sweep_folder / "mlflow.db") as db:  # the minimum the ui reads
         db.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
         db.execute("INSERT INTO experiments VALUES (1, 'demo', 'active')")
+        for table in ("alembic_version", "runs", "metrics", "params", "tags"):
+            db.execute(f"CREATE TABLE {table} (x TEXT)")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         line = one_line_error(capsys, ["ui", str(sweep_folder), "--port", str(port)])
     assert f"127.0.0.1:{port}" in line and "--port" in line
+
+
+def test_ui_on_a_database_that_is_not_mlflows_is_one_line_and_leaves_it_unchanged(capsys, sweep_folder):
+    import sqlite3
+
+    store = sweep_folder / "mlflow.db"
+    with sqlite3.connect(store) as db:  # someone else's database, with an `experiments` table of its own
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
+        db.execute("INSERT INTO experiments VALUES (1, 'demo', 'active')")
+    before = store.read_bytes()
+    line = one_line_error(capsys, ["ui", str(sweep_folder), "--no-browser"])
+    assert "is not an MLflow store" in line and "alembic_version" in line
+    assert store.read_bytes() == before
 
 
 def test_pareto_reference_must_name_every_objective(capsys, tmp_path):

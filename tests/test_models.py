@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -71,3 +73,14 @@ def test_minilm_encoder_ranks_paraphrases_above_unrelated_text():
     assert emb.shape == (3, 384)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.2
+
+
+@pytest.mark.parametrize("name, file", [("gpt2", "vocab.json"), ("t5", "spiece.model")])
+def test_a_truncated_tokenizer_file_is_one_user_error(name, file, tmp_path, data_dir):
+    from scrutable.models import tiny_gpt2, tiny_t5
+
+    shutil.copytree(data_dir / "tokenizers" / name, tmp_path / "tokenizers" / name)
+    damaged = tmp_path / "tokenizers" / name / file
+    damaged.write_bytes(damaged.read_bytes()[:5000])  # a copy cut short
+    with pytest.raises(UserError, match=f"tokenizer in .*{name} cannot be read.*restore the folder"):
+        (tiny_gpt2 if name == "gpt2" else tiny_t5)(tmp_path)

@@ -316,13 +316,24 @@ def _tokenizer_dir(data_dir: str | Path | None, name: str) -> Path:
     return path
 
 
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """A tokenizer folder from the data dir; a damaged file (cut short, not UTF-8) is one line."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # the Rust tokenizers library raises a bare Exception on a bad file
+        raise UserError(
+            f"the tokenizer in {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): "
+            "restore the folder from ../shared/data/tokenizers"
+        ) from None
+
+
 def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0, initializer_range: float = 0.02) -> LanguageModel:
     """A random 2-layer, width-32 GPT-2 with the real GPT-2 tokenizer (for tests).
 
     A larger `initializer_range` gives peaked next-token distributions, i.e. a scorer
     whose perplexity differs a lot between token sequences.
     """
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "gpt2"))
+    tokenizer = _load_tokenizer(_tokenizer_dir(data_dir, "gpt2"))
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=512,
@@ -339,7 +350,7 @@ def tiny_gpt2(data_dir: str | Path | None = None, seed: int = 0, initializer_ran
 
 def tiny_t5(data_dir: str | Path | None = None, seed: int = 0) -> LanguageModel:
     """A random 2-layer, width-32 T5 with the real T5 SentencePiece tokenizer (for tests)."""
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(data_dir, "t5"))
+    tokenizer = _load_tokenizer(_tokenizer_dir(data_dir, "t5"))
     config = T5Config(  # type: ignore[call-arg]  # T5Config forwards extra kwargs
         vocab_size=len(tokenizer),
         d_model=32,

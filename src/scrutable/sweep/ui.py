@@ -241,12 +241,22 @@ def read_folder(folder: Path) -> tuple[str, str]:
     return experiment, str(uri)
 
 
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params", "tags"})
+
+
 def sqlite_experiment_id(db: Path, experiment: str) -> str:
     """The experiment's id, read without writing (MLflow's client would migrate the file)."""
     if not db.is_file():
         raise UserError(f"{db} does not exist: this sweep has no MLflow store yet (run the sweep first)")
     try:
         with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as connection:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = sorted(MLFLOW_TABLES - tables)
+            if missing:  # the server would create its schema in it (modify a foreign file), then fail
+                raise UserError(
+                    f"{db} is not an MLflow store (no {', '.join(missing)} table): pass the folder of a sweep "
+                    "(storage/name), which holds MLflow's mlflow.db"
+                )
             row = connection.execute(
                 "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (experiment,)
             ).fetchone()
