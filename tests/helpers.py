@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -145,6 +146,8 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
         }.items():
             monkeypatch.setenv(key, value)
+        # moto keeps its buckets in process-wide memory, across servers: start each test empty.
+        urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
         client = boto3.client("s3")
         client.create_bucket(Bucket="sweeps")
         yield client

@@ -148,7 +148,8 @@ def test_every_spec_runs_in_smoke_mode_as_the_readme_shows(path, tmp_path, monke
     relative = path.relative_to(REPO)
     assert main(["sweep", str(relative), "--smoke", "--json"]) == 0
     spec = load_spec(relative, smoke=True)
-    folder = tmp_path / "runs" / spec.name
+    storage = yaml.safe_load(path.read_text()).get("storage", "runs")  # relative in every shipped spec
+    folder = tmp_path.resolve() / storage / spec.name
     captured = capsys.readouterr()
     document = json.loads(captured.out)  # --json: stdout is one JSON document, the rest went to stderr
     assert "starting Ray" in captured.err and "first trial started" in captured.err
@@ -162,7 +163,8 @@ def test_every_spec_runs_in_smoke_mode_as_the_readme_shows(path, tmp_path, monke
     assert exported["files"] == document["pareto"]["files"]
     assert (folder / "pareto" / "trials.csv").is_file() and (folder / "tune").is_dir()
     stored = yaml.safe_load((folder / "spec.yaml").read_text())
-    assert stored["storage"] == stored["local_dir"] == str(tmp_path.resolve() / "runs")  # resolved once, absolute
+    assert stored["storage"] == str(tmp_path.resolve() / storage)  # resolved once, against the launching folder
+    assert stored["local_dir"] == str(tmp_path.resolve() / "runs")
 
 
 def test_resume_after_killing_the_driver(tmp_path):
