@@ -32,8 +32,10 @@ install: $(VENV)/.installed
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# SMOKE=1: the same command on tiny models in a minute (what CI runs), in runs/quickstart-smoke.
+# SMOKE=1: the same command on tiny models in a minute (what CI runs), in runs/quickstart-smoke
+# (a throwaway folder, replaced on each smoke run).
 quickstart: install
+	$(if $(SMOKE),rm -rf runs/quickstart-smoke)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/scrutable sweep sweeps/quickstart.yaml \
 	  $(if $(SMOKE),--smoke --set name=quickstart-smoke)
 
