@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from scrutable.paths import write_atomically
+from scrutable.sweep.folder import REFERENCE_CACHE
 from scrutable.sweep.spec import SweepSpec
 
 N_PHRASES = 100
-CACHE_FILE = "reference_perplexity.json"
+CACHE_FILE = REFERENCE_CACHE
 
 
 @dataclass(frozen=True)

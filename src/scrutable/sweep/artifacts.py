@@ -25,7 +25,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-ARTIFACTS_DIR = "mlartifacts"
+from scrutable.sweep.folder import ARTIFACTS_DIR
+
 PROXIED = "mlflow-artifacts"
 
 

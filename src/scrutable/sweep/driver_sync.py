@@ -29,16 +29,16 @@ from typing import Any
 
 from scrutable.errors import UserError
 from scrutable.sweep import storage
+from scrutable.sweep.folder import DRIVER_DIR, SPEC_FILE, TUNE_DIR, is_sweep_folder
 
-DRIVER_NAME = "driver"  # <storage>/<name>/driver/: the driver's folder, copied
 SQLITE_SUFFIX = ".db"
-SKIPPED = (storage.TUNE_NAME,)  # top-level entries not uploaded
+SKIPPED = (TUNE_DIR,)  # top-level entries not uploaded
 TRANSIENT_SUFFIXES = (".db-journal", ".db-wal", ".db-shm", ".lock", ".tmp")
 
 
 def driver_location(storage_uri: str, name: str) -> str:
     """`<storage>/<name>/driver`: where a sweep's driver folder is copied."""
-    return f"{storage_uri.rstrip('/')}/{name}/{DRIVER_NAME}"
+    return f"{storage_uri.rstrip('/')}/{name}/{DRIVER_DIR}"
 
 
 def _files(folder: Path) -> list[Path]:
@@ -128,14 +128,14 @@ def fetch(sweep_uri: str, local: Path) -> bool:
     folder (its files are the live ones: the bucket's copy is at most as new)."""
     import pyarrow.fs
 
-    if (local / "spec.yaml").is_file():
+    if is_sweep_folder(local):
         return False
-    remote = f"{sweep_uri.rstrip('/')}/{DRIVER_NAME}"
+    remote = f"{sweep_uri.rstrip('/')}/{DRIVER_DIR}"
     fs, root = storage.filesystem(remote)
-    info = fs.get_file_info(f"{root}/spec.yaml")
+    info = fs.get_file_info(f"{root}/{SPEC_FILE}")
     if info.type != pyarrow.fs.FileType.File:
         raise UserError(
-            f"{sweep_uri} holds no driver folder ({remote}/spec.yaml is missing): pass the sweep's folder "
+            f"{sweep_uri} holds no driver folder ({remote}/{SPEC_FILE} is missing): pass the sweep's folder "
             "s3://BUCKET/PREFIX/NAME, or resume on the machine that ran it (`scrutable sweep LOCAL_DIR/NAME --resume`)"
         )
     local.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def resume_folder(sweep_uri: str, overrides: dict[str, str]) -> tuple[Path, dict
     base = yaml.safe_load(local_dir) if local_dir is not None else SweepSpec.__dataclass_fields__["local_dir"].default
     folder = Path(str(base)).expanduser().resolve() / name
     if fetch(sweep_uri, folder):
-        print(f"driver folder fetched from {sweep_uri}/{DRIVER_NAME} into {folder}", flush=True)
+        print(f"driver folder fetched from {sweep_uri}/{DRIVER_DIR} into {folder}", flush=True)
     else:
         print(f"resuming with the driver folder already at {folder}", flush=True)
     return folder, {**overrides, "storage": json.dumps(parent)}

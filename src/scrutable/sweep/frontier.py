@@ -27,8 +27,11 @@ candidate) with the baseline as its task coordinate, so it counts only what beat
 baseline. Default references move with the data, so only compare hypervolumes across
 sweeps that were exported with the same explicit reference.
 
-    summary = export_pareto(collect_trials(folder, spec), spec, folder / "pareto")
+    summary = export_pareto(folder.trials(), folder.spec, folder.pareto_dir)   # folder: SweepFolder
     print(render_summary(summary))
+
+`select` is the frontier alone, without files; `scrutable report` uses it too, so both
+show the same trials in the same order.
 """
 
 from __future__ import annotations
@@ -45,14 +48,14 @@ import numpy as np
 
 from scrutable.metrics import keys
 from scrutable.paths import atomic_path, write_atomically
-from scrutable.sweep.pareto import Direction, default_reference, hypervolume, non_dominated
+from scrutable.sweep.folder import PARETO_CSV, PARETO_HTML, PARETO_JSON, PARETO_PNG, TRIALS_CSV
+from scrutable.sweep.pareto import default_reference, directions_of, hypervolume, non_dominated
 from scrutable.sweep.plots import SHORT_PARAM, plot_html, plot_png
 from scrutable.sweep.results import FAILED, TrialRecord
 from scrutable.sweep.spec import SweepSpec
 from scrutable.sweep.terminal import WIDTH, fit, quote_prompt
 
 REFERENCE_MARGIN = 0.1  # passed to default_reference
-_DIRECTION: dict[str, Direction] = {"max": "maximize", "min": "minimize"}
 
 
 @dataclass(frozen=True)
@@ -124,28 +127,18 @@ def export_pareto(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = spec.metric_names
-    directions = [_DIRECTION[d] for d in spec.directions]
+    directions = directions_of(spec.directions)
     if reference is not None and len(reference) != len(metrics):
         raise ValueError(f"reference has {len(reference)} values for {len(metrics)} objectives ({', '.join(metrics)})")
 
-    excluded = {r.trial_id: _exclusion(r, metrics) for r in records}
-    eligible = [r for r in records if excluded[r.trial_id] is None]
-    baseline = task_baseline(spec)
-    below = {
-        r.trial_id: f"does not beat the baseline ({baseline.metric} {r.objectives[baseline.metric]:.4g} <= "
-        f"{baseline.value:.4g}, {baseline.source})"
-        for r in eligible
-        if baseline is not None and not baseline.beaten_by(r)
-    }
-    candidates = [r for r in eligible if r.trial_id not in below]
-    points = np.array([[r.objectives[m] for m in metrics] for r in candidates], dtype=float).reshape(-1, len(metrics))
-    on_frontier = non_dominated(points, directions)  # (N,)
-    frontier = _best_first([r for r, keep in zip(candidates, on_frontier, strict=True) if keep], metrics, directions)
+    chosen = select(records, spec)
+    excluded, below, eligible, frontier = chosen.excluded, chosen.below, chosen.eligible, chosen.frontier
+    baseline, points = chosen.baseline, chosen.points
     frontier_ids = {r.trial_id for r in frontier}
 
     notes: list[str] = []
     volume = reference_values = source = None
-    if candidates:
+    if chosen.candidates:
         if reference is None:
             reference_values = [float(v) for v in default_reference(points, directions, margin=REFERENCE_MARGIN)]
             source = f"default: {REFERENCE_MARGIN:.0%} of the observed range beyond the worst trial"
@@ -171,14 +164,10 @@ def export_pareto(
     if len(metrics) == 1:
         notes.append(f"single objective: the frontier is the best trial(s) by {metrics[0]}")
 
-    files = {
-        "trials.csv": out_dir / "trials.csv",
-        "pareto.csv": out_dir / "pareto.csv",
-        "pareto.json": out_dir / "pareto.json",
-    }
+    files = {name: out_dir / name for name in (TRIALS_CSV, PARETO_CSV, PARETO_JSON)}
     params = list(spec.search)
-    _write_csv(files["trials.csv"], records, spec, frontier_ids, {**excluded, **below}, full=True)
-    _write_csv(files["pareto.csv"], frontier, spec, frontier_ids, excluded, full=False)
+    _write_csv(files[TRIALS_CSV], records, spec, frontier_ids, {**excluded, **below}, full=True)
+    _write_csv(files[PARETO_CSV], frontier, spec, frontier_ids, excluded, full=False)
     summary = ParetoSummary(
         sweep=spec.name,
         metric_names=metrics,
@@ -198,11 +187,11 @@ def export_pareto(
         baseline=baseline,
         n_below_baseline=len(below),
     )
-    write_atomically(files["pareto.json"], json.dumps(summary_json(summary), indent=2, allow_nan=False) + "\n")
+    write_atomically(files[PARETO_JSON], json.dumps(summary_json(summary), indent=2, allow_nan=False) + "\n")
 
-    plots = {"pareto.png": out_dir / "pareto.png", "pareto.html": out_dir / "pareto.html"}
+    plots = {name: out_dir / name for name in (PARETO_PNG, PARETO_HTML)}
     if eligible:
-        for plot, name in ((plot_png, "pareto.png"), (plot_html, "pareto.html")):
+        for plot, name in ((plot_png, PARETO_PNG), (plot_html, PARETO_HTML)):
             plot(
                 plots[name],
                 eligible,
@@ -217,6 +206,40 @@ def export_pareto(
         for stale in plots.values():  # an older export's plot would contradict the CSVs
             stale.unlink(missing_ok=True)
     return summary
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which trials are frontier candidates, and why the others are not."""
+
+    excluded: dict[str, str | None]  # trial id -> why it is no candidate at all (None: it is one)
+    below: dict[str, str]  # trial id -> why it does not beat the baseline
+    eligible: list[TrialRecord]  # completed, every objective finite
+    candidates: list[TrialRecord]  # eligible and beating the baseline
+    points: np.ndarray  # (len(candidates), n objectives)
+    frontier: list[TrialRecord]  # the non-dominated candidates, best first
+    baseline: TaskBaseline | None
+
+
+def select(records: Sequence[TrialRecord], spec: SweepSpec) -> Selection:
+    """The frontier of `records`: completed trials with finite objectives that beat the
+    baseline, non-dominated, best first (all objectives in order, then the trial id)."""
+    metrics = spec.metric_names
+    directions = directions_of(spec.directions)
+    excluded = {r.trial_id: _exclusion(r, metrics) for r in records}
+    eligible = [r for r in records if excluded[r.trial_id] is None]
+    baseline = task_baseline(spec)
+    below = {
+        r.trial_id: f"does not beat the baseline ({baseline.metric} {r.objectives[baseline.metric]:.4g} <= "
+        f"{baseline.value:.4g}, {baseline.source})"
+        for r in eligible
+        if baseline is not None and not baseline.beaten_by(r)
+    }
+    candidates = [r for r in eligible if r.trial_id not in below]
+    points = np.array([[r.objectives[m] for m in metrics] for r in candidates], dtype=float).reshape(-1, len(metrics))
+    on_frontier = non_dominated(points, directions)  # (N,)
+    frontier = _best_first([r for r, keep in zip(candidates, on_frontier, strict=True) if keep], metrics, directions)
+    return Selection(excluded, below, eligible, candidates, points, frontier, baseline)
 
 
 def _exclusion(record: TrialRecord, metrics: Sequence[str]) -> str | None:

@@ -30,6 +30,8 @@ import yaml
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
+from scrutable.sweep.folder import PARETO_DIR, SCORER_STATS, SPEC_FILE, TUNE_DIR, optuna_uri
+from scrutable.sweep.pareto import directions_of
 from scrutable.sweep.spec import Sampler, SweepSpec
 
 TUNE_TRIAL_ATTR = "tune_trial_id"
@@ -44,10 +46,6 @@ QUIET_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
 LOOPBACK = "127.0.0.1"  # a local sweep's Ray listens here only
-
-
-def optuna_storage_url(spec: SweepSpec, folder: Path) -> str:
-    return spec.optuna_storage or f"sqlite:///{folder / 'optuna.db'}"
 
 
 # Trials a sampler draws at random before it models anything (Optuna's defaults, named here
@@ -80,11 +78,11 @@ def make_searcher(spec: SweepSpec, folder: Path, tracking: tuple[str, str] | Non
             {name: space.grid_values(name) for name in spec.search}, seed=spec.seed
         ),
     }
-    storage = optuna.storages.RDBStorage(optuna_storage_url(spec, folder))  # OptunaSearch wants an object
+    storage = optuna.storages.RDBStorage(optuna_uri(spec, folder))  # OptunaSearch wants an object
     study = optuna.create_study(
         storage=storage,
         study_name=spec.name,
-        directions=["maximize" if d == "max" else "minimize" for d in spec.directions],
+        directions=directions_of(spec.directions),
         load_if_exists=True,
     )
     with warnings.catch_warnings():  # "experimental since 3.2": stable in every release since
@@ -405,7 +403,6 @@ def build_tuner(
     the fresh searcher (`LinkedOptunaSearch.restore`)."""
     from ray import tune
 
-    from scrutable.sweep import storage
 
     tuner = tune.Tuner(
         trainable,
@@ -414,7 +411,7 @@ def build_tuner(
             num_samples=spec.trials,
         ),
         run_config=tune.RunConfig(
-            name=storage.TUNE_NAME,
+            name=TUNE_DIR,
             storage_path=location.rsplit("/", 1)[0],  # pyarrow opens a URI; a path is local
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -461,7 +458,7 @@ def run_sweep(
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     folder = spec.folder()  # the driver's files
     location = spec.tune_location()  # Tune's experiment: <storage>/<name>/tune, a path or a URI
-    tune_dir = folder / storage.TUNE_NAME  # local: the experiment itself; URI storage: its copy
+    tune_dir = folder / TUNE_DIR  # local: the experiment itself; URI storage: its copy
     local = not storage.is_uri(location)
     storage.check_ray_client(
         cluster.resolve_address(address), spec.storage, spec.tracking.uri, spec.optuna_storage
@@ -489,7 +486,7 @@ def run_sweep(
     start_ray(spec, address)
     storage.check_shared(spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(folder / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))  # never half a spec
+    write_atomically(folder / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))  # never half a spec
     say(started, f"MLflow at {uri}")
     experiment_id, parent_id = tracking.connect(uri, spec.tracking.experiment or spec.name, folder)
     tracking.log_sweep_params(uri, parent_id, spec.to_dict())
@@ -505,7 +502,7 @@ def run_sweep(
         dtype=spec.scorer_resources.dtype,
         max_batch=spec.scorer_resources.max_batch,
         max_wait_ms=spec.scorer_resources.max_wait_ms,
-        stats_path=str(folder / "scorer_stats.json"),  # the counts survive actor restarts and --resume
+        stats_path=str(folder / SCORER_STATS),  # the counts survive actor restarts and --resume
     )
     example_config = spec.trial_config(spec.space.example_point())
     progress = SweepProgress(spec, steps_per_trial=example_config.steps, started=started)
@@ -547,12 +544,12 @@ def run_sweep(
     ray.kill(actor, no_restart=True)
     elapsed = time.monotonic() - started
     if storage.is_uri(location):  # the export reads a local copy of the experiment
-        storage.mirror(location, folder / storage.TUNE_NAME)
+        storage.mirror(location, folder / TUNE_DIR)
     records = collect_trials(folder, spec)
     lost = mlflow_callback.repair(records)  # fill MLflow from Tune's results
     finished = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     failed = sum(r.status == "ERROR" for r in records)
-    summary_data = export_pareto(records, spec, folder / "pareto")
+    summary_data = export_pareto(records, spec, folder / PARETO_DIR)
     summary: dict[str, Any] = {
         "sweep": spec.name,
         "folder": str(folder),
@@ -563,7 +560,7 @@ def run_sweep(
         "trials_planned": spec.trials,
         "scorer": stats,
         "tracking_uri": uri,
-        "optuna_storage": optuna_storage_url(spec, folder),
+        "optuna_storage": optuna_uri(spec, folder),
         "mlflow_failed_writes": mlflow_callback.failed_writes,
         "mlflow_retried_writes": mlflow_callback.retried_writes,
         "mlflow_lost_writes": lost,

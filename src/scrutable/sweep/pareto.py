@@ -46,6 +46,14 @@ import numpy as np
 import numpy.typing as npt
 
 Direction = Literal["maximize", "minimize"]
+MODE_DIRECTION: dict[str, Direction] = {"max": "maximize", "min": "minimize"}  # a spec's mode -> Optuna's word
+
+
+def directions_of(modes: Sequence[str]) -> list[Direction]:
+    """A spec's objective modes ("max"/"min") as directions ("maximize"/"minimize")."""
+    return [MODE_DIRECTION[mode] for mode in modes]
+
+
 DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")
 
 # Rows compared against all others per step of `non_dominated`; bounds the temporary

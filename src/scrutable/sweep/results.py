@@ -19,7 +19,7 @@ A trial's row is its last report: the best prompt's record with its test numbers
 (`trainables/record.py`), so every value in a `TrialRecord` describes one prompt. The
 searched values are read decoded from the trial's config (`search_space.py`).
 
-    records = collect_trials(folder, load_spec(folder / "spec.yaml"))
+    records = SweepFolder.open(folder).trials()
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
+from scrutable.sweep.folder import ERROR_FILE, PARAMS_FILE, RESULT_FILE, TUNE_DIR, mlflow_uri
 from scrutable.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def collect_trials(sweep_folder: Path, spec: SweepSpec) -> list[TrialRecord]:
     MLflow run ids are looked up once; without a store they are None.
     """
     folder = Path(sweep_folder)
-    tune_dir = folder / "tune"
+    tune_dir = folder / TUNE_DIR
     if not tune_dir.is_dir():
         raise UserError(f"{tune_dir} does not exist: is {folder} a sweep folder (run `scrutable sweep` first)?")
     entries = _entries_from_state(tune_dir)
@@ -94,9 +95,9 @@ def mlflow_run_ids(folder: Path, spec: SweepSpec) -> dict[str, str]:
     Empty when the store does not exist (a SQLite file is never created here) or does
     not answer: the export must not fail because tracking did.
     """
-    from scrutable.sweep.tracking import TRIAL_TAG, default_uri
+    from scrutable.sweep.tracking import TRIAL_TAG
 
-    uri = spec.tracking.uri or default_uri(folder)
+    uri = spec.tracking.uri or mlflow_uri(folder)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return {}
     if uri.startswith(("http://", "https://")):
@@ -177,19 +178,19 @@ def _entries_from_folders(tune_dir: Path) -> list[_Entry]:
         match = re.search(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_(\d+)_", trial_dir.name)
         trial_id = str(last.get("trial_id") or (match.group(1) if match else trial_dir.name))
         index = int(match.group(2)) if match else _leading_int("")
-        config = _read_json(trial_dir / "params.json") or last.get("config") or {}
+        config = _read_json(trial_dir / PARAMS_FILE) or last.get("config") or {}
         # A final card wins over an error file: the trial may have failed once, then been retried.
         checkpoint = _latest_checkpoint(trial_dir, last)
         if checkpoint is not None and _read_json(checkpoint / "card.json").get("final") is True:
             status = COMPLETED
         else:
-            status = FAILED if (trial_dir / "error.txt").is_file() else "UNKNOWN"
-        entries.append(_Entry(trial_id, status, trial_dir, config, last, "error.txt", index))
+            status = FAILED if (trial_dir / ERROR_FILE).is_file() else "UNKNOWN"
+        entries.append(_Entry(trial_id, status, trial_dir, config, last, ERROR_FILE, index))
     return entries
 
 
 def _looks_like_trial(path: Path) -> bool:
-    return any((path / name).exists() for name in ("params.json", "result.json", "error.txt")) or any(
+    return any((path / name).exists() for name in (PARAMS_FILE, RESULT_FILE, ERROR_FILE)) or any(
         path.glob("checkpoint_*")
     )
 
@@ -217,7 +218,7 @@ def _record(entry: _Entry, spec: SweepSpec) -> TrialRecord:
     if entry.status == FAILED:
         error = "unknown error (no error file)"
         if entry.folder is not None:
-            error = _last_line(entry.folder / (entry.error_file or "error.txt")) or error
+            error = _last_line(entry.folder / (entry.error_file or ERROR_FILE)) or error
     text = last.get(keys.PROMPT_TEXT)
     return TrialRecord(
         trial_id=entry.trial_id,
@@ -242,7 +243,7 @@ def _iteration(result: dict[str, Any]) -> int:
 
 def _last_result(trial_dir: Path) -> dict[str, Any]:
     """The last complete line of result.json (a killed trial may leave half a line)."""
-    path = trial_dir / "result.json"
+    path = trial_dir / RESULT_FILE
     if not path.is_file():
         return {}
     for line in reversed(path.read_text().splitlines()):

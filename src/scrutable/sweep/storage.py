@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from scrutable.errors import UserError
+from scrutable.sweep.folder import TUNE_DIR
 
-TUNE_NAME = "tune"  # Tune's experiment folder under <storage>/<name>/
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 LOCAL_SCHEMES = ("file",)
 
@@ -56,8 +56,8 @@ def normalise(storage: str) -> str:
 def experiment_location(storage: str, name: str) -> str:
     """Tune's experiment folder of sweep `name`: `<storage>/<name>/tune` (URI or path)."""
     if is_uri(storage):
-        return f"{storage.rstrip('/')}/{name}/{TUNE_NAME}"
-    return str(Path(storage) / name / TUNE_NAME)
+        return f"{storage.rstrip('/')}/{name}/{TUNE_DIR}"
+    return str(Path(storage) / name / TUNE_DIR)
 
 
 def filesystem(uri: str) -> tuple[Any, str]:

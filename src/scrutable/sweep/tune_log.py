@@ -28,8 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scrutable.errors import UserError
+from scrutable.sweep.folder import TUNE_LOG
 
-LOG_FILE = "tune.log"
+LOG_FILE = TUNE_LOG  # (the name tests import)
 TUNE_LOGGER = "ray.tune"
 # The record TuneController logs (with logger.exception) when resume() raised.
 RESTORE_FAILED = "Failed to restore the run state."

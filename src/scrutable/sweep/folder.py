@@ -1,0 +1,221 @@
+"""The sweep folder: its layout, named once here, and the one way to open it.
+
+A sweep writes everything it knows under one folder, `<storage>/<name>/` (or
+`<local_dir>/<name>/` when `storage` is a bucket URI, which then holds `tune/` and a copy of
+this folder under `driver/`):
+
+    spec.yaml                 the spec the sweep was started with, every field written out
+    mlflow.db, mlartifacts/   MLflow's store: runs, metrics, cards (`tracking.py`, `artifacts.py`)
+    optuna.db                 Optuna's study (unless the spec names another `optuna_storage`)
+    tune/                     Ray Tune's experiment: state, one folder per trial
+        <trial>/result.json   one JSON line per report
+        <trial>/checkpoint_*  state.pt + card.json
+    tune.log                  Tune's warnings and errors (`tune_log.py`)
+    scorer_stats.json         the shared scorer actor's batch counts
+    reference_perplexity.json English phrases' perplexities, cached by `scrutable report`
+    pareto/                   trials.csv, pareto.csv, pareto.json, pareto.png, pareto.html
+
+Every other module takes these names from here, so a change of layout is one edit and a
+moved or copied folder opens the same way everywhere:
+
+    folder = SweepFolder.open("runs/quickstart")
+    folder.spec          # validated once, its paths re-rooted where the folder now is
+    folder.trials()      # every Tune trial as a `TrialRecord` (`results.py`)
+    folder.history(r)    # a trial's reports, one per step
+    folder.frontier()    # the trials on the Pareto frontier (`frontier.py`)
+    folder.mlflow_uri, folder.optuna_uri
+
+One validation policy: the spec is validated as `scrutable sweep` validates a sweep file,
+except that a `data_dir` missing on this machine is tolerated (a folder copied off a
+cluster names the cluster's data folder, and reading its results needs no data). A
+command that runs trials from the folder (`--resume`) checks the data itself
+(`require_data`). Viewing the runs (`scrutable ui`) needs only the name and the tracking
+settings, read from the same parse without the full validation (`experiment`,
+`mlflow_uri`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrutable.errors import UserError
+
+if TYPE_CHECKING:
+    from scrutable.sweep.results import TrialRecord
+    from scrutable.sweep.spec import SweepSpec
+
+# --- the layout -----------------------------------------------------------------------------
+SPEC_FILE = "spec.yaml"
+MLFLOW_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"  # MLflow's artifacts, served by `scrutable ui` (`artifacts.py`)
+OPTUNA_DB = "optuna.db"
+TUNE_DIR = "tune"  # Tune's experiment folder under <storage>/<name>/
+# Tune's files in each trial's folder under tune/ (Ray 2.60's names)
+PARAMS_FILE = "params.json"  # the trial's config
+RESULT_FILE = "result.json"  # one JSON line per report
+ERROR_FILE = "error.txt"  # a failed trial's traceback
+TUNE_LOG = "tune.log"
+SCORER_STATS = "scorer_stats.json"
+REFERENCE_CACHE = "reference_perplexity.json"
+DRIVER_DIR = "driver"  # <storage URI>/<name>/driver/: this folder, copied (`driver_sync.py`)
+PARETO_DIR = "pareto"
+TRIALS_CSV = "trials.csv"
+PARETO_CSV = "pareto.csv"
+PARETO_JSON = "pareto.json"
+PARETO_PNG = "pareto.png"
+PARETO_HTML = "pareto.html"
+
+
+def is_sweep_folder(path: Path) -> bool:
+    """A folder made by `scrutable sweep` (it holds spec.yaml)."""
+    return (Path(path) / SPEC_FILE).is_file()
+
+
+def not_a_sweep_folder(path: Path, fix: str = "pass runs/<sweep name>") -> UserError:
+    """The one message for a path that is not a sweep folder, with the caller's fix."""
+    return UserError(f"{path} is not a sweep folder (no {SPEC_FILE}): {fix}")
+
+
+@dataclass
+class SweepFolder:
+    """A sweep folder on this machine, opened once; see the module docstring."""
+
+    path: Path  # absolute
+    raw: dict[str, Any]  # spec.yaml as parsed (safe YAML, size-limited)
+    overrides: dict[str, str] = field(default_factory=dict)
+    missing_data_dir: str | None = None  # the stored data_dir, where it does not exist here (set by `spec`)
+
+    @classmethod
+    def open(
+        cls, path: str | Path, overrides: dict[str, str] | None = None, *, fix: str = "pass runs/<sweep name>"
+    ) -> SweepFolder:
+        """Read spec.yaml (one line naming the problem and `fix` if the path is no sweep folder)."""
+        from scrutable.sweep.spec import parse_yaml
+
+        given = Path(path)
+        spec_file = given / SPEC_FILE
+        if not spec_file.is_file():
+            raise not_a_sweep_folder(given, fix)
+        where = str(spec_file)
+        raw = parse_yaml(spec_file.read_text(encoding="utf-8", errors="replace"), where)
+        if not isinstance(raw, dict) or not raw.get("name"):
+            raise UserError(f"{spec_file} names no sweep: restore it from the MLflow parent run's spec.yaml artifact")
+        return cls(given.resolve(), raw, dict(overrides or {}))
+
+    # --- the files -------------------------------------------------------------------------
+    @property
+    def spec_file(self) -> Path:
+        return self.path / SPEC_FILE
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.path / MLFLOW_DB
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.path / ARTIFACTS_DIR
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.path / TUNE_DIR
+
+    @property
+    def pareto_dir(self) -> Path:
+        return self.path / PARETO_DIR
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment: tracking.experiment, else the sweep's name."""
+        tracking = self.raw.get("tracking") if isinstance(self.raw.get("tracking"), dict) else {}
+        return str(tracking.get("experiment") or self.name)
+
+    @property
+    def mlflow_uri(self) -> str:
+        """tracking.uri, else the SQLite store in this folder."""
+        tracking = self.raw.get("tracking") if isinstance(self.raw.get("tracking"), dict) else {}
+        return str(tracking.get("uri") or mlflow_uri(self.path))
+
+    @property
+    def optuna_uri(self) -> str:
+        return optuna_uri(self.spec, self.path)
+
+    # --- the spec --------------------------------------------------------------------------
+    @cached_property
+    def spec(self) -> SweepSpec:
+        """The stored spec, validated, with `storage` (or `local_dir` for a URI storage)
+        re-rooted at this folder's parent: the folder may have moved since it was written."""
+        from scrutable.sweep.spec import spec_from_mapping
+        from scrutable.sweep.storage import is_uri
+
+        stored_storage = self.raw.get("storage")
+        where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"
+        overrides = {**self.overrides, where: str(self.path.parent)}
+        raw = dict(self.raw)
+        data_dir = raw.get("data_dir")
+        if "data_dir" not in overrides and isinstance(data_dir, str) and not Path(data_dir).expanduser().is_dir():
+            self.missing_data_dir = data_dir
+            raw["data_dir"] = None  # validated without it: this machine's $SCRUTABLE_DATA_DIR, else the hub
+        return spec_from_mapping(raw, str(self.spec_file), overrides)
+
+    def require_data(self) -> None:
+        """Running trials from this folder needs its own data: one line if it is not here."""
+        _ = self.spec
+        if self.missing_data_dir is not None:
+            raise UserError(
+                f"data_dir {self.missing_data_dir} in {self.spec_file} does not exist: point it at ../shared/data "
+                "(--set data_dir=PATH) or remove it to load from the hub"
+            )
+
+    # --- the results -----------------------------------------------------------------------
+    def trials(self) -> list[TrialRecord]:
+        """Every Tune trial of the sweep, in the order Tune created them (`results.py`)."""
+        from scrutable.sweep.results import collect_trials
+
+        return collect_trials(self.path, self.spec)
+
+    def history(self, record: TrialRecord) -> list[dict[str, Any]]:
+        return trial_history(record)
+
+    def frontier(self, records: Sequence[TrialRecord] | None = None) -> list[TrialRecord]:
+        """The completed trials that beat the baseline and that no other dominates, best first."""
+        from scrutable.sweep.frontier import select
+
+        return select(self.trials() if records is None else records, self.spec).frontier
+
+
+def mlflow_uri(folder: Path) -> str:
+    """The SQLite MLflow store of a sweep folder."""
+    return f"sqlite:///{Path(folder).resolve() / MLFLOW_DB}"
+
+
+def optuna_uri(spec: SweepSpec, folder: Path) -> str:
+    """The spec's Optuna storage, else the SQLite study in the sweep folder."""
+    return spec.optuna_storage or f"sqlite:///{Path(folder) / OPTUNA_DB}"
+
+
+def trial_history(record: TrialRecord) -> list[dict[str, Any]]:
+    """Every report of a trial (Tune's result.json), one per step, in step order."""
+    import json
+
+    from scrutable.metrics import keys
+
+    path = None if record.path is None else record.path / RESULT_FILE
+    if path is None or not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a killed trial's half line
+        if isinstance(row, dict) and isinstance(row.get(keys.TRAIN_STEP), int | float):
+            by_step[int(row[keys.TRAIN_STEP])] = row  # a resumed trial's repeat: the later wins
+    return [by_step[step] for step in sorted(by_step)]
