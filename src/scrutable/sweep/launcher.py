@@ -403,7 +403,6 @@ def build_tuner(
     the fresh searcher (`LinkedOptunaSearch.restore`)."""
     from ray import tune
 
-
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -22,25 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from scrutable.errors import UserError
-from scrutable.sweep.spec import SweepSpec, load_spec
+from scrutable.sweep.folder import ARTIFACTS_DIR, MLFLOW_DB, OPTUNA_DB, SweepFolder, mlflow_uri
+from scrutable.sweep.spec import SweepSpec
 
 MAY_CHANGE = ("concurrency", "storage", "local_dir")
 
 
 def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepSpec:
-    """The spec a sweep folder was started with, re-rooted where the folder is now."""
-    path = folder / "spec.yaml"
-    if not path.is_file():
-        raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
-    from scrutable.sweep.spec import parse_yaml
-    from scrutable.sweep.storage import is_uri
-
-    stored = parse_yaml(path.read_text(encoding="utf-8", errors="replace"), str(path))
-    _check_complete(stored, path)
-    stored_storage = stored.get("storage") if isinstance(stored, dict) else None
-    # The driver's folder is storage/name, or local_dir/name when Tune's storage is a URI (kept as is).
-    where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"
-    spec = load_spec(path, {**(overrides or {}), where: str(folder.resolve().parent)})
+    """The spec a sweep folder was started with, re-rooted where the folder is now (`SweepFolder`),
+    complete, with its data here, in the folder named after the sweep: ready to run again."""
+    opened = SweepFolder.open(folder, overrides)
+    _check_complete(opened.raw, opened.spec_file)
+    spec = opened.spec
+    opened.require_data()
     if spec.name != folder.name:
         raise UserError(
             f"{folder} holds sweep '{spec.name}' (its Optuna study and MLflow experiment carry that name): "
@@ -107,14 +101,14 @@ def check_stores(folder: Path, spec: SweepSpec) -> None:
     `optuna.db` must be a readable SQLite database holding the sweep's study, so a corrupt
     file is one line, not a traceback (and Optuna never starts a blank study in its place).
     Stores elsewhere (a tracking server, a Postgres study) are not the folder's to check."""
-    from scrutable.sweep.artifacts import ARTIFACTS_DIR, PROXIED, local_path
-    from scrutable.sweep.tracking import default_uri
+    from scrutable.sweep.artifacts import PROXIED, local_path
 
     fix = "restore the file from a copy, or start a new sweep with --out NEW_FOLDER"
-    if (spec.tracking.uri or default_uri(folder)) == default_uri(folder) and (folder / "mlflow.db").is_file():
+    store = folder / MLFLOW_DB
+    if spec.tracking.uri in (None, mlflow_uri(folder)) and store.is_file():
         experiment = spec.tracking.experiment or spec.name
         rows = _query(
-            folder / "mlflow.db",
+            store,
             "SELECT 'experiment ' || e.name, e.artifact_location FROM experiments e WHERE e.name = ? "
             "UNION ALL SELECT 'run ' || r.run_uuid, r.artifact_uri FROM runs r JOIN experiments e "
             "ON r.experiment_id = e.experiment_id WHERE e.name = ?",
@@ -126,10 +120,10 @@ def check_stores(folder: Path, spec: SweepSpec) -> None:
             path = local_path(folder, str(location or ""))
             if path is None or not path.resolve().is_relative_to(root):
                 raise UserError(
-                    f"{folder / 'mlflow.db'} sends the artifacts of {what} to {str(location)[:200]!r}, outside "
+                    f"{store} sends the artifacts of {what} to {str(location)[:200]!r}, outside "
                     f"{root} (expected {PROXIED}:/...): refusing to resume a folder whose store was changed; {fix}"
                 )
-    optuna_db = folder / "optuna.db"
+    optuna_db = folder / OPTUNA_DB
     if spec.optuna_storage is None and optuna_db.is_file():
         studies = _query(optuna_db, "SELECT study_name FROM studies", (), fix)
         if (spec.name,) not in [tuple(row) for row in studies]:

@@ -50,14 +50,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from scrutable.errors import UserError
-from scrutable.sweep.artifacts import ARTIFACTS_DIR
+from scrutable.sweep.folder import ARTIFACTS_DIR, SweepFolder
 
 HOST = "127.0.0.1"  # never another interface: the MLflow server has no authentication
 DEFAULT_PORT = 5000  # `scrutable ui --port`'s default
-STORE_FILE = "mlflow.db"
 
 # --- saved views (see the module docstring) ------------------------------------------------
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.17's saved views are experiment tags
@@ -224,21 +221,10 @@ def read_folder(folder: Path) -> tuple[str, str]:
 
     Not `load_spec`: a folder copied from another machine names data folders that need not
     exist here, and viewing its runs needs none of them."""
-    spec_file = folder / "spec.yaml"
     if not folder.is_dir():
         raise UserError(f"sweep folder {folder} does not exist: pass runs/<sweep name>")
-    if not spec_file.is_file():
-        raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
-    try:
-        raw = yaml.safe_load(spec_file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"{spec_file} is not valid YAML: restore it from the sweep file") from None
-    if not isinstance(raw, dict) or not raw.get("name"):
-        raise UserError(f"{spec_file} names no sweep: restore it from the sweep file")
-    tracking: dict[str, Any] = raw["tracking"] if isinstance(raw.get("tracking"), dict) else {}
-    experiment = str(tracking.get("experiment") or raw["name"])
-    uri = tracking.get("uri") or f"sqlite:///{(folder / STORE_FILE).resolve()}"
-    return experiment, str(uri)
+    opened = SweepFolder.open(folder)
+    return opened.experiment, opened.mlflow_uri
 
 
 MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params", "tags"})
