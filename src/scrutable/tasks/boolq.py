@@ -25,7 +25,7 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.paths import require_file
 from scrutable.tasks.base import Split
-from scrutable.tasks.classification import ClassificationTask, LabeledExample, hub_error
+from scrutable.tasks.classification import ClassificationTask, LabeledExample, load_hub_dataset
 from scrutable.tasks.inputs import token_ids
 
 DEV_SIZE = 50
@@ -92,12 +92,7 @@ def read_jsonl(path: Path) -> list[LabeledExample]:
 
 
 def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
-    import datasets
-
-    try:
-        data = datasets.load_dataset("google/boolq")
-    except Exception as exc:  # datasets raises many types for "no network"
-        raise hub_error("google/boolq", exc) from None
+    data = load_hub_dataset("google/boolq")
 
     def convert(rows: Any) -> list[LabeledExample]:
         return [LabeledExample(text=r["passage"], question=r["question"], label=int(bool(r["answer"]))) for r in rows]

@@ -176,6 +176,16 @@ def _labels(batch: Sequence[LabeledExample], device: torch.device | None = None)
     return torch.tensor([example.label for example in batch], dtype=torch.long, device=device)
 
 
+def load_hub_dataset(dataset: str) -> Any:
+    """All splits of a Hugging Face hub dataset, or a UserError saying how to work offline."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(dataset)
+    except Exception as exc:  # datasets raises many types for "no network"
+        raise hub_error(dataset, exc) from None
+
+
 def hub_error(dataset: str, exc: Exception) -> UserError:
     return UserError(
         f"could not load {dataset} from the Hugging Face hub ({type(exc).__name__}): offline, "

@@ -24,7 +24,7 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.paths import require_file
 from scrutable.tasks.base import Split
-from scrutable.tasks.classification import ClassificationTask, LabeledExample, hub_error
+from scrutable.tasks.classification import ClassificationTask, LabeledExample, load_hub_dataset
 from scrutable.tasks.inputs import token_ids
 
 SEEDS = (13, 21, 42, 87, 100)
@@ -113,12 +113,7 @@ def read_tsv(path: Path) -> list[LabeledExample]:
 
 
 def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
-    import datasets
-
-    try:
-        data = datasets.load_dataset("stanfordnlp/sst2")
-    except Exception as exc:  # datasets raises many types for "no network"
-        raise hub_error("stanfordnlp/sst2", exc) from None
+    data = load_hub_dataset("stanfordnlp/sst2")
     if split is Split.TEST:
         rows = data["validation"]
         return [LabeledExample(text=r["sentence"].strip(), label=int(r["label"])) for r in rows]
