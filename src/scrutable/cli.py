@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from scrutable.errors import UserError
 from scrutable.paths import check_writable
+from scrutable.prompts import check_prompt_fits, load_soft_prompt
 
 if TYPE_CHECKING:
-    import torch
-
-    from scrutable.models import LanguageModel
     from scrutable.sweep.spec import SweepSpec
 
 
@@ -470,7 +468,7 @@ def _check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
     import os
 
     from scrutable.sweep.probe import check_ray_address
-    from scrutable.sweep.spec import check_data, check_resources_fit
+    from scrutable.sweep.spec_checks import check_data, check_resources_fit
 
     check_writable(spec.folder(), "the sweep folder", folder=True)  # storage/name, or local_dir/name for a URI
     address = args.address or os.environ.get("RAY_ADDRESS")
@@ -534,51 +532,6 @@ def _ui(args: argparse.Namespace) -> int:
     from scrutable.sweep.ui import serve
 
     return serve(args.folder, args.port, open_browser=not args.no_browser)
-
-
-def check_prompt_fits(lm: LanguageModel, length: int, what: str) -> None:
-    """A prompt may take at most half the model's context: the task input needs the rest."""
-    from scrutable.models import max_positions
-
-    positions = max_positions(lm)
-    if positions is not None and length > positions // 2:
-        raise UserError(
-            f"{what} is {length} tokens, too long for {lm.name}'s {positions}-position context (the task input "
-            f"needs room too): use at most {positions // 2} tokens"
-        )
-
-
-def load_soft_prompt(path: Path, hidden_size: int) -> torch.Tensor:
-    """A soft prompt file: a (L, D) tensor, or a dict holding one under 'prompt'."""
-    import torch
-
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the weights-only unpickler raises many types on a foreign file
-        raise UserError(
-            f"{path} is not a torch tensor file ({type(exc).__name__}): save the prompt with torch.save"
-        ) from None
-    if isinstance(loaded, dict):
-        loaded = loaded.get("prompt")
-    if not isinstance(loaded, torch.Tensor) or loaded.dim() != 2:
-        raise UserError(f"{path} holds no (L, D) prompt tensor: save a 2-D tensor or {{'prompt': tensor}}")
-    if loaded.shape[0] == 0:
-        raise UserError(f"{path} holds a prompt of 0 vectors: save at least one row")
-    if not loaded.is_floating_point() or not bool(torch.isfinite(loaded).all()):
-        raise UserError(f"{path} holds NaN, infinite or non-float values: save a finite float prompt")
-    # Distances and logits square and sum the values in float32: 3e38 is finite but its
-    # square is not, and every metric would come out inf/NaN.
-    if not bool(torch.isfinite(loaded.float().pow(2).sum(dim=-1)).all()):
-        raise UserError(
-            f"{path} holds values too large for float32 arithmetic (largest {loaded.abs().max().item():.3g}): "
-            "save the prompt the model was trained with"
-        )
-    if loaded.shape[1] != hidden_size:
-        raise UserError(
-            f"{path} has vectors of width {loaded.shape[1]} but the model's embeddings are {hidden_size} wide: "
-            "evaluate it with the model it was trained on"
-        )
-    return loaded.float()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

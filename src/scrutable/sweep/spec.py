@@ -32,7 +32,9 @@ the correct answer, or Yelp's joint score; `metrics/keys.py`) and the perplexity
 accuracy is reported next to them.
 
 An unknown key anywhere is an error naming the closest valid key; `--set a.b=value`
-overrides are type-checked like the file.
+overrides are type-checked like the file. What the file names is then checked against the
+world outside it (method, task and models resolve, the search's ends fit the model, Optuna's
+database opens): `sweep/spec_checks.py`.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ from scrutable.config import from_mapping, suggest
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import DATA_DIR_ENV
+from scrutable.prompts import max_prompt_length as max_prompt_length  # its home; kept importable from here
 from scrutable.sweep.search_space import SEARCHABLE, VALUES_ONLY, Dimension, SearchSpace
 from scrutable.sweep.storage import experiment_location, is_uri, normalise
 
 MAX_NAME_LENGTH = 100  # leaves room for Tune's trial folder names (name + params) under 255 bytes
 SEED_LIMIT = 2**32  # Optuna's samplers seed NumPy, which takes 0 <= seed < 2**32
 MAX_GRID_SIZE = 100_000  # Optuna's GridSampler lists every point; 1e5 is far beyond any sweep's budget
-OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy dialects RDBStorage takes
 
 
 class Sampler(StrEnum):
@@ -390,6 +392,9 @@ def spec_from_mapping(
             **raw["tracking"],
             "uri": absolute_database_uri(raw["tracking"]["uri"], f"tracking.uri in {where}"),
         }
+    # The checks import this module (they read SweepSpec and Sampler), so they are imported here.
+    from scrutable.sweep.spec_checks import check_names, check_optuna_storage, check_search_ends
+
     spec = from_mapping(SweepSpec, raw, where=where)
     check_names(spec, where)
     example = spec.space.example_point()
@@ -403,56 +408,6 @@ def spec_from_mapping(
             "or remove it to load from the hub"
         )
     return spec
-
-
-def check_search_ends(spec: SweepSpec, where: str) -> None:
-    """A trial at either end of every searched range (every listed value, every grid value)
-    must be a valid config that fits the model: one line now, not a failure in every trial."""
-    example = spec.space.example_point()
-    limit = max_prompt_length(spec.model, spec.data_dir)
-    for name, dim in spec.search.items():
-        for value in spec.space.grid_values(name) if spec.sampler is Sampler.GRID else dim.ends():
-            try:
-                config = spec.trial_config({**example, name: value})
-            except UserError as exc:
-                raise UserError(
-                    f"search.{name} in {where} reaches {value!r}, which is not a valid trial ({exc}): narrow the range"
-                ) from None
-            if not 0 <= config.seed < SEED_LIMIT:
-                raise UserError(f"training seed {config.seed} in {where} is outside [0, 2**32): pick a smaller seed")
-            if limit is not None and config.prompt_length > limit:
-                raise UserError(
-                    f"prompt_length {config.prompt_length} in {where} is too long for {spec.model}: its context "
-                    f"leaves room for at most {limit} prompt tokens (the task input needs the rest)"
-                )
-
-
-def max_prompt_length(model: str, data_dir: str | None) -> int | None:
-    """Half the model's positions (the rule of `scrutable.cli.check_prompt_fits`), read from its
-    config.json without loading weights; None when the model has no limit or none can be read."""
-    import json
-
-    from scrutable.paths import cache_dir
-
-    if model == "tiny-gpt2":
-        positions: Any = 512  # n_positions of scrutable.models.tiny_gpt2 (tests check they agree)
-    else:
-        if model == "smollm2-135m":
-            config_file: Any = cache_dir() / "models" / "smollm2-135m" / "config.json"
-        elif Path(model).expanduser().is_dir():
-            config_file = Path(model).expanduser() / "config.json"
-        elif model == "tiny-t5":
-            return None  # relative positions: no hard limit
-        else:
-            from huggingface_hub import try_to_load_from_cache
-
-            config_file = try_to_load_from_cache(model, "config.json")
-        try:
-            config = json.loads(Path(config_file).read_text())
-        except (OSError, TypeError, ValueError):
-            return None  # not cached yet: the trial checks it when the model is loaded
-        positions = config.get("n_positions") or config.get("max_position_embeddings")
-    return positions // 2 if isinstance(positions, int) and positions > 0 else None
 
 
 def absolute_database_uri(uri: str, what: str) -> str:
@@ -472,90 +427,9 @@ def absolute_database_uri(uri: str, what: str) -> str:
     return uri
 
 
-def check_optuna_storage(uri: str, what: str) -> None:
-    """A database Optuna's RDBStorage can open, and for SQLite a file this user can write."""
-    from scrutable.paths import check_writable
-
-    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
-    if scheme not in OPTUNA_SCHEMES:
-        raise UserError(
-            f"{what} {uri!r} is not a database URL Optuna can use: write sqlite:///path/optuna.db, "
-            "postgresql://..., or mysql://... (or remove it for SQLite in the sweep folder)"
-        )
-    if scheme == "sqlite":
-        path = uri.partition("://")[2].removeprefix("/").partition("?")[0]
-        if path in ("", ":memory:"):
-            raise UserError(f"{what} {uri!r} is in memory, lost when the driver stops: name a file")
-        check_writable(Path(path), what, folder=False)
-
-
-def check_data(spec: SweepSpec) -> None:
-    """Read and validate every split of a local data folder now (columns, labels, encoding):
-    a broken row is one line before Ray starts, not a failure retried in every trial.
-    Hub data (no data_dir) is left to the trials, which download it."""
-    from scrutable.tasks import Split, get_task
-
-    if spec.data_dir is None:
-        return
-    config = spec.trial_config(spec.space.example_point())
-    task = get_task(
-        spec.task,
-        data_dir=spec.data_dir,
-        seed=spec.data_seed,
-        dev_pool=getattr(config, "dev_pool", "few_shot"),
-        prefix_cache=False,
-    )
-    for split in Split:
-        task.examples(split)
-
-
-def check_resources_fit(spec: SweepSpec, where: str) -> None:
-    """On a local Ray (no --address), a trial asking for more CPUs or GPUs than this machine
-    has would wait forever for a node that never comes: refuse it now."""
-    import torch
-
-    try:
-        from ray._private.utils import get_num_cpus  # Ray's own count: affinity and cgroup quotas
-
-        cpus = float(get_num_cpus())
-    except Exception:  # a private helper: fall back to the plain count
-        cpus = float(os.cpu_count() or 1)
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if spec.resources.cpu > cpus:
-        raise UserError(
-            f"resources.cpu {spec.resources.cpu:g} in {where} is more than this machine's {cpus:g} CPUs: a trial "
-            f"would wait forever; use at most {cpus:g} (or --address a cluster with bigger nodes)"
-        )
-    asked = {"resources.gpu": spec.resources.gpu, "scorer_resources.gpu": spec.scorer_resources.gpu}
-    if spec.resources.gpu and spec.scorer_resources.gpu:  # the scorer actor holds its share for the whole sweep
-        asked["resources.gpu + scorer_resources.gpu"] = spec.resources.gpu + spec.scorer_resources.gpu
-    for key, value in asked.items():
-        if value > gpus:
-            raise UserError(
-                f"{key} {value:g} in {where} is more than this machine's {gpus} GPU(s): trials would wait "
-                f"forever; use at most {gpus} (or --address a cluster with GPUs)"
-            )
-
-
 # Every spec field that names a place on disk; each reaches Tune and the trials absolute.
 PATH_FIELDS = ("storage", "local_dir", "data_dir")
 _PATH_DEFAULTS = {f.name: f.default for f in fields(SweepSpec) if f.name in PATH_FIELDS and f.default is not None}
-
-
-def check_names(spec: SweepSpec, where: str) -> None:
-    """Method, task and every model name resolvable, checked without loading anything."""
-    from scrutable.models import check_model_name
-    from scrutable.tasks import TASKS, closest
-    from scrutable.trainables import get_method
-
-    get_method(spec.method)
-    if spec.task not in TASKS:
-        raise UserError(f"unknown task '{spec.task}' in {where}: {closest(spec.task, TASKS)}")
-    config = spec.trial_config(spec.space.example_point())
-    for field_name in ("model", "scorer", "policy_model"):
-        value = getattr(config, field_name, None)
-        if isinstance(value, str):
-            check_model_name(value, f"{field_name} in {where}")
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
