@@ -1,23 +1,37 @@
-"""What every prompt optimizer shares: the common config, set-up, evaluation, checkpoints.
+"""What every prompt optimizer shares: the common config, the loop's set-up, evaluation,
+resume and checkpoints.
 
 A method module (`soft_prompt.py`, `pez.py`, `rlprompt.py`) holds its own config (adding
-its fields to `TrainConfig`) and a `run(config, ...)` loop that reads top to bottom. The
-loop talks to the outside only through three callables, so the same loop runs in a test,
-in `scrutable train` and inside a Ray Tune trial:
+its fields to `TrainConfig`), its own step, and a `run(config, **io)` loop that reads top
+to bottom. The loop talks to the outside only through the keywords of `RunIO`, so the same
+loop runs in a test, in `scrutable train` and inside a Ray Tune trial:
 
 - `report(Evaluation)` at every evaluation: one prompt's row, the checkpoint state, its card,
 - `progress(step, values)` after every step (the CLI's progress bar; None elsewhere),
-- a `Scorer` for perplexities (in process here; one shared Ray actor in a sweep).
+- a `Scorer` for perplexities (in process here; one shared Ray actor in a sweep),
+- `state`, a checkpoint to resume from (`load_state`).
+
+`Loop` is what every run shares: set-up, seeding, the schedule, resume and the result.
+
+    loop = Loop(config, **io)
+    prompt = ...; optimizer = ...   # may draw from loop.generator
+    loop.start(prompt=prompt, optimizer=optimizer)
+    while not loop.done:
+        ... one step on loop.batch() ...
+        if loop.step_finished({keys.TRAIN_LOSS: loss}):
+            loop.evaluate(prompt, is_soft=True)
+    return loop.result()
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import torch
 
@@ -36,7 +50,7 @@ from scrutable.models import (
     load_model,
     resolve_device,
 )
-from scrutable.tasks import Task, get_task
+from scrutable.tasks import Task, get_task, sample_batch
 from scrutable.trainables.record import PromptRecord, better
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -245,50 +259,82 @@ def evaluate_prompt(
     return PromptRecord.from_card(card, step, prompt if is_soft else None), card
 
 
+class Stateful(Protocol):
+    """A trainable part a checkpoint holds by its state dict: an optimizer, a module."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any, /) -> Any: ...
+
+
+class RunIO(TypedDict, total=False):
+    """The keywords of every method's `run(config, **io)`: how the loop meets its caller."""
+
+    scorer: Scorer | None  # perplexities; None: the config's scorer, in process
+    report: Report | None  # called with every `Evaluation`
+    state: dict[str, Any] | None  # a checkpoint (`Evaluation.state`, `load_state`) to resume from
+    progress: Progress | None  # called after every step with its `keys.TRAIN_*` values
+
+
 class Loop:
-    """What every method's loop shares: the data generator, the step count, running means
-    of the step values, the evaluation schedule, the best prompt record, the reports and
-    the resumable state. A method owns its parameters and its step; it calls
+    """What every method's run shares: the set-up (task, task model and scorer on the
+    config's device and dtype, `setup`), the seeded data generator, the step count, running
+    means of the step values, the evaluation schedule, the best prompt record, the reports,
+    resuming from a checkpoint and the final result. A method owns its parameters and its
+    step (the module docstring shows the shape of a run).
 
-        loop = Loop(s, config, report=report, progress=progress)
-        ... build parameters (may draw from loop.generator) ...
-        state = loop.resume(state)          # restores step, generator, best record
-        ... restore the method's own parts from state ...
-        while not loop.done:
-            ... one step ...
-            if loop.step_finished({keys.TRAIN_LOSS: loss}):  # after loop.optimizer_step(optimizer)
-                loop.evaluate(prompt, is_soft=..., method_state=snapshot)
-        return loop.result(snapshot)
-
-    `method_state()` returns the method's own part of the checkpoint (deep copies: a report
-    may keep the state while training mutates the tensors in place).
+    The checkpoint (`Evaluation.state`) holds the parts named in `start` (a tensor as a
+    copy, anything else as a copy of its `state_dict()`: a report may keep the state while
+    training changes the parts in place), then the generator, the step and the best record.
     """
 
     def __init__(
-        self, s: Setup, config: TrainConfig, *, report: Report | None = None, progress: Progress | None = None
+        self,
+        config: TrainConfig,
+        *,
+        scorer: Scorer | None = None,
+        report: Report | None = None,
+        state: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
     ) -> None:
-        self.s = s
+        self.s = setup(config, scorer)
         self.config = config
         self.report = report
         self.progress = progress
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best: PromptRecord | None = None
-        self.resumed_after_end = False
+        self._state = state
+        self._parts: dict[str, torch.Tensor | Stateful] = {}
+        self._train: Sequence[Any] = ()
         self._totals: dict[str, list[float]] = {}
         self._final: tuple[dict[str, Any], InterpretabilityCard] | None = None
 
-    def resume(self, state: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    def start(self, **parts: torch.Tensor | Stateful) -> None:
+        """Train `parts` from here: restored with the generator, step and best record when
+        the run resumes. Called once the parts are built, since building them may draw from
+        the generator that a checkpoint then restores."""
+        self._parts = parts
+        state = self._state
         if state is not None:
             self.generator.set_state(state["generator"])
             self.step = int(state["step"])
             self.best = None if state.get("best") is None else PromptRecord.from_state(state["best"])
-            self.resumed_after_end = self.step >= self.config.steps
-        return state
+            for name, part in parts.items():
+                if isinstance(part, torch.Tensor):
+                    with torch.no_grad():
+                        part.copy_(state[name])
+                else:
+                    part.load_state_dict(state[name])
+        self._train = self.s.task.examples("train")
 
     @property
     def done(self) -> bool:
         return self.step >= self.config.steps
+
+    def batch(self) -> list[Any]:
+        """The next training batch, drawn from the run's generator."""
+        return sample_batch(self._train, self.config.batch_size, self.generator)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """`optimizer.step()`, with an update too large for float32 reported as a divergence."""
@@ -312,14 +358,7 @@ class Loop:
             self.progress(self.step, {key.split("/")[-1]: value for key, value in values.items()})
         return self.step % self.config.eval_interval == 0 or self.step == self.config.steps
 
-    def evaluate(
-        self,
-        prompt: torch.Tensor,
-        *,
-        is_soft: bool,
-        method_state: Callable[[], dict[str, Any]],
-        token_ids: torch.Tensor | None = None,
-    ) -> None:
+    def evaluate(self, prompt: torch.Tensor, *, is_soft: bool, token_ids: torch.Tensor | None = None) -> None:
         """Evaluate the current prompt on dev, keep it if it is the best so far, and report.
 
         Every row describes one prompt: the evaluated one, or at the last step the best
@@ -339,7 +378,7 @@ class Loop:
         row[keys.TRAIN_STEP] = self.step
         self._totals.clear()
         if self.report is not None:
-            self.report(Evaluation(self.step, row, self.snapshot(method_state), card, final=final))
+            self.report(Evaluation(self.step, row, self.snapshot(), card, final=final))
 
     def _final_row(self) -> tuple[dict[str, Any], InterpretabilityCard]:
         if self._final is None:
@@ -358,15 +397,19 @@ class Loop:
             self._final = best.with_test(card).row(is_best=True), card
         return dict(self._final[0]), self._final[1]
 
-    def snapshot(self, method_state: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
+        parts = {
+            name: part.detach().clone() if isinstance(part, torch.Tensor) else copy.deepcopy(part.state_dict())
+            for name, part in self._parts.items()
+        }
         return {
-            **method_state(),
+            **parts,
             "generator": self.generator.get_state(),
             "step": self.step,
             "best": None if self.best is None else self.best.to_state(),
         }
 
-    def result(self, method_state: Callable[[], dict[str, Any]]) -> TrainResult:
+    def result(self) -> TrainResult:
         row, card = self._final_row()
         row[keys.TRAIN_STEP] = self.step
-        return TrainResult(metrics=row, card=card, state=self.snapshot(method_state))
+        return TrainResult(metrics=row, card=card, state=self.snapshot())

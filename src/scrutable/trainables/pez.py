@@ -31,30 +31,19 @@ task loss's scale; `raw` penalises perplexity itself (gradient scaled by the per
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Unpack
 
 import torch
 import torch.nn.functional as F
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
-from scrutable.metrics.perplexity import PerplexityGradient, Scorer
+from scrutable.metrics.perplexity import PerplexityGradient
 from scrutable.metrics.unembed import Distance, project_to_vocabulary
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.tasks import sample_batch
-from scrutable.trainables.common import (
-    Loop,
-    Progress,
-    Report,
-    Setup,
-    TrainConfig,
-    TrainResult,
-    initial_prompt,
-    setup,
-)
+from scrutable.trainables.common import Loop, RunIO, Setup, TrainConfig, TrainResult, initial_prompt
 
 SCORERS_BY_VOCABULARY = "distilgpt2 or gpt2: gpt2, gpt2-medium, gpt2-large, gpt2-xl; smollm2-135m: smollm2-135m"
 
@@ -118,34 +107,19 @@ def task_model_term(
     return (mean_nll.exp() if config.perplexity_term == "raw" else mean_nll), perplexity
 
 
-def run(
-    config: PezConfig,
-    *,
-    scorer: Scorer | None = None,
-    report: Report | None = None,
-    state: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-) -> TrainResult:
+def run(config: PezConfig, **io: Unpack[RunIO]) -> TrainResult:
     # --- setup --------------------------------------------------------------------------
-    s = setup(config, scorer)
+    loop = Loop(config, **io)
+    s = loop.s
     check_compatible(s, config)
-    loop = Loop(s, config, report=report, progress=progress)
     prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
     optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
-    if loop.resume(state) is not None:
-        assert state is not None
-        with torch.no_grad():
-            prompt.copy_(state["prompt"])
-        optimizer.load_state_dict(state["optimizer"])
-    train = s.task.examples("train")
+    loop.start(prompt=prompt, optimizer=optimizer)
     embeddings = s.lm.embedding_matrix
-
-    def method_state() -> dict[str, Any]:
-        return {"prompt": prompt.detach().clone(), "optimizer": copy.deepcopy(optimizer.state_dict())}
 
     # --- train --------------------------------------------------------------------------
     while not loop.done:
-        batch = sample_batch(train, config.batch_size, loop.generator)
+        batch = loop.batch()
         ids, projected = project_to_vocabulary(prompt, embeddings, Distance.COSINE)
         uses_scorer = config.alpha > 0 and config.perplexity_source == "scorer"
         gradient = s.scorer.submit_gradients([ids.tolist()]) if uses_scorer else None  # computed meanwhile
@@ -164,7 +138,7 @@ def run(
         if loop.step_finished(values):
             # PEZ delivers the projected (hard) prompt: that is the prompt evaluated and kept.
             ids = project_to_vocabulary(prompt, embeddings, Distance.COSINE)[0]
-            loop.evaluate(embeddings[ids], is_soft=False, token_ids=ids, method_state=method_state)
+            loop.evaluate(embeddings[ids], is_soft=False, token_ids=ids)
 
     # --- cleanup ------------------------------------------------------------------------
-    return loop.result(method_state)
+    return loop.result()

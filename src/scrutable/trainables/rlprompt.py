@@ -73,28 +73,17 @@ Tests: `python -m pytest tests/trainables/test_rlprompt.py -q`.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Unpack
 
 import torch
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
-from scrutable.metrics.perplexity import PerplexityResult, Scorer, score_request
+from scrutable.metrics.perplexity import PerplexityResult, score_request
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.tasks import sample_batch
-from scrutable.trainables.common import (
-    Loop,
-    Progress,
-    Report,
-    Setup,
-    TrainConfig,
-    TrainResult,
-    config_model,
-    setup,
-)
+from scrutable.trainables.common import Loop, RunIO, Setup, TrainConfig, TrainResult, config_model
 from scrutable.trainables.sql import (
     DEFAULT_IMPL,
     MLP_HIDDEN_SIZE,
@@ -234,16 +223,10 @@ def greedy_prompt(policy: AdaptorPolicy, length: int, start_token_id: int) -> to
 # ---------------------------------------------------------------------------------------
 
 
-def run(
-    config: RLPromptConfig,
-    *,
-    scorer: Scorer | None = None,
-    report: Report | None = None,
-    state: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-) -> TrainResult:
+def run(config: RLPromptConfig, **io: Unpack[RunIO]) -> TrainResult:
     # --- setup --------------------------------------------------------------------------
-    s = setup(config, scorer)
+    loop = Loop(config, **io)
+    s = loop.s
     policy_lm = load_policy_lm(s, config)
     start = policy_lm.start_token_id
     with torch.random.fork_rng(devices=[]):  # seeded MLP init without touching global RNG
@@ -256,27 +239,14 @@ def run(
         )
     target = policy.make_target()  # shares the frozen LM, copies the MLP
     optimizer = torch.optim.Adam(policy.mlp.parameters(), lr=config.learning_rate)
-    loop = Loop(s, config, report=report, progress=progress)
-    if loop.resume(state) is not None:
-        assert state is not None
-        policy.load_trainable_state_dict(state["mlp"])
-        target.load_trainable_state_dict(state["target_mlp"])
-        optimizer.load_state_dict(state["optimizer"])
-    train = s.task.examples("train")
+    loop.start(mlp=policy.mlp, target_mlp=target.mlp, optimizer=optimizer)  # the checkpoint's names
     device = policy_lm.device
     lengths = torch.full((config.prompts_per_step,), config.prompt_length, dtype=torch.long, device=device)  # (P,)
-
-    def method_state() -> dict[str, Any]:
-        return {
-            "mlp": copy.deepcopy(policy.trainable_state_dict()),
-            "target_mlp": copy.deepcopy(target.trainable_state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-        }
 
     # --- train --------------------------------------------------------------------------
     while not loop.done:
         polyak_update(target, policy, config.polyak_rate)  # SQLModule._pre_steps: before every step
-        batch = sample_batch(train, config.batch_size, loop.generator)
+        batch = loop.batch()
         ids, logits = policy.sample(
             config.prompts_per_step, config.prompt_length, start, top_k=config.top_k, generator=loop.generator
         )  # (P, L), (P, L, V) with grad
@@ -303,7 +273,7 @@ def run(
         }
         if loop.step_finished(values):
             ids_now = greedy_prompt(policy, config.prompt_length, start)  # (L,)
-            loop.evaluate(s.lm.embedding_matrix[ids_now], is_soft=False, token_ids=ids_now, method_state=method_state)
+            loop.evaluate(s.lm.embedding_matrix[ids_now], is_soft=False, token_ids=ids_now)
 
     # --- cleanup ------------------------------------------------------------------------
-    return loop.result(method_state)
+    return loop.result()

@@ -22,25 +22,14 @@ vocabulary's range (then every nearest token is far and the unembedding arbitrar
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Unpack
 
 import torch
 from transformers.optimization import Adafactor
 
 from scrutable.metrics import keys
-from scrutable.metrics.perplexity import Scorer
-from scrutable.tasks import sample_batch
-from scrutable.trainables.common import (
-    Loop,
-    Progress,
-    Report,
-    TrainConfig,
-    TrainResult,
-    initial_prompt,
-    setup,
-)
+from scrutable.trainables.common import Loop, RunIO, TrainConfig, TrainResult, initial_prompt
 
 
 @dataclass(frozen=True)
@@ -72,41 +61,25 @@ def make_optimizer(
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def run(
-    config: SoftPromptConfig,
-    *,
-    scorer: Scorer | None = None,
-    report: Report | None = None,
-    state: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-) -> TrainResult:
+def run(config: SoftPromptConfig, **io: Unpack[RunIO]) -> TrainResult:
     # --- setup --------------------------------------------------------------------------
-    s = setup(config, scorer)
-    loop = Loop(s, config, report=report, progress=progress)
+    loop = Loop(config, **io)
+    s = loop.s
     prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
     optimizer = make_optimizer(
         config.optimizer, [prompt], config.learning_rate, config.weight_decay, config.relative_step_size
     )
-    if loop.resume(state) is not None:
-        assert state is not None
-        with torch.no_grad():
-            prompt.copy_(state["prompt"])
-        optimizer.load_state_dict(state["optimizer"])
-    train = s.task.examples("train")
-
-    def method_state() -> dict[str, Any]:
-        return {"prompt": prompt.detach().clone(), "optimizer": copy.deepcopy(optimizer.state_dict())}
+    loop.start(prompt=prompt, optimizer=optimizer)
 
     # --- train --------------------------------------------------------------------------
     while not loop.done:
-        batch = sample_batch(train, config.batch_size, loop.generator)
-        loss = s.task.loss(s.lm, prompt, batch)
+        loss = s.task.loss(s.lm, prompt, loop.batch())
         optimizer.zero_grad()
         loss.backward()
         loop.optimizer_step(optimizer)
         value = float(loss.detach())
         if loop.step_finished({keys.TRAIN_LOSS: value, keys.TRAIN_TASK_LOSS: value}):
-            loop.evaluate(prompt, is_soft=True, method_state=method_state)
+            loop.evaluate(prompt, is_soft=True)
 
     # --- cleanup ------------------------------------------------------------------------
-    return loop.result(method_state)
+    return loop.result()
