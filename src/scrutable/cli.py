@@ -411,12 +411,14 @@ def _sweep(args: argparse.Namespace) -> int:
             raise UserError(f"{args.spec} is a sweep in a bucket: pass --resume to finish it")
         args.spec, overrides = resume_folder(args.spec, overrides)
     if args.spec.is_dir():  # a sweep folder: its stored spec, re-rooted where the folder is now
+        from scrutable.sweep.folder import is_sweep_folder, not_a_sweep_folder
         from scrutable.sweep.resume import stored_spec
 
-        if not (args.spec / "spec.yaml").is_file():
-            raise UserError(
-                f"{args.spec} is not a sweep folder (no spec.yaml): pass a sweep file such as "
-                "sweeps/quickstart.yaml, or (with --resume) a folder made by `scrutable sweep`"
+        if not is_sweep_folder(args.spec):
+            raise not_a_sweep_folder(
+                args.spec,
+                "pass a sweep file such as sweeps/quickstart.yaml, or (with --resume) a folder made by "
+                "`scrutable sweep`",
             )
         if not args.resume:
             raise UserError(f"{args.spec} is a sweep folder: pass --resume to finish it, or a sweep file to start one")
@@ -479,19 +481,12 @@ def _check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
     check_data(spec)
 
 
-def _sweep_folder_spec(folder: Path) -> SweepSpec:
-    from scrutable.sweep.spec import load_spec
-
-    if not (folder / "spec.yaml").is_file():
-        raise UserError(f"{folder} is not a sweep folder (no spec.yaml): pass runs/<sweep name>")
-    return load_spec(folder / "spec.yaml")
-
-
 def _pareto(args: argparse.Namespace) -> int:
+    from scrutable.sweep.folder import SweepFolder
     from scrutable.sweep.frontier import export_pareto, render_summary, summary_json
-    from scrutable.sweep.results import collect_trials
 
-    spec = _sweep_folder_spec(args.folder)
+    folder = SweepFolder.open(args.folder)
+    spec = folder.spec
     reference = None
     if args.reference is not None:
         given = dict(args.reference)
@@ -510,9 +505,9 @@ def _pareto(args: argparse.Namespace) -> int:
                 )
             )
         reference = [given[m] for m in spec.metric_names]
-    check_writable(args.out or args.folder / "pareto", "--out", folder=True)
-    records = collect_trials(args.folder.resolve(), spec)
-    summary = export_pareto(records, spec, args.out or args.folder / "pareto", reference=reference)
+    out = args.out or folder.pareto_dir
+    check_writable(out, "--out", folder=True)
+    summary = export_pareto(folder.trials(), spec, out, reference=reference)
     if args.json:
         document = {**summary_json(summary), "files": {k: str(v) for k, v in summary.files.items()}}
         print(json.dumps(_finite(document), indent=2, allow_nan=False))

@@ -134,14 +134,17 @@ class SweepFolder:
     @property
     def experiment(self) -> str:
         """The MLflow experiment: tracking.experiment, else the sweep's name."""
-        tracking = self.raw.get("tracking") if isinstance(self.raw.get("tracking"), dict) else {}
-        return str(tracking.get("experiment") or self.name)
+        return str(self._tracking.get("experiment") or self.name)
 
     @property
     def mlflow_uri(self) -> str:
         """tracking.uri, else the SQLite store in this folder."""
-        tracking = self.raw.get("tracking") if isinstance(self.raw.get("tracking"), dict) else {}
-        return str(tracking.get("uri") or mlflow_uri(self.path))
+        return str(self._tracking.get("uri") or mlflow_uri(self.path))
+
+    @property
+    def _tracking(self) -> dict[str, Any]:
+        tracking = self.raw.get("tracking")
+        return tracking if isinstance(tracking, dict) else {}
 
     @property
     def optuna_uri(self) -> str:
