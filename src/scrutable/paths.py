@@ -137,3 +137,17 @@ def write_atomically(target: Path, content: str | bytes) -> None:
             temporary.write_bytes(content)
         else:
             temporary.write_text(content, encoding="utf-8")
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What an OSError from the user's disk or paths means, in words."""
+    import errno
+
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENAMETOOLONG: "a name longer than the file system allows (255 bytes)",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
