@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scrutable.errors import UserError
-from scrutable.sweep.folder import TUNE_LOG
+from scrutable.sweep.folder import PARETO_DIR, TUNE_LOG
 
 LOG_FILE = TUNE_LOG  # (the name tests import)
 TUNE_LOGGER = "ray.tune"
@@ -58,7 +58,7 @@ class _Watcher(logging.Handler):
             raise RestoreFailed(
                 f"Ray Tune could not restore the sweep in {self.folder} ({reason}; details in "
                 f"{self.folder / LOG_FILE}): stopped before anything was overwritten, the finished trials are "
-                f"still in {self.folder / 'pareto'} and MLflow; restore the damaged state file from a copy, or "
+                f"still in {self.folder / PARETO_DIR} and MLflow; restore the damaged state file from a copy, or "
                 "start a new sweep with --out NEW_FOLDER"
             )
         if record.name in WHOLE_SWEEP:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scrutable.errors import UserError
-from scrutable.sweep.folder import ARTIFACTS_DIR, SweepFolder
+from scrutable.sweep.folder import ARTIFACTS_DIR, MLFLOW_DB, SweepFolder
 
 HOST = "127.0.0.1"  # never another interface: the MLflow server has no authentication
 DEFAULT_PORT = 5000  # `scrutable ui --port`'s default
@@ -241,7 +241,7 @@ def sqlite_experiment_id(db: Path, experiment: str) -> str:
             if missing:  # the server would create its schema in it (modify a foreign file), then fail
                 raise UserError(
                     f"{db} is not an MLflow store (no {', '.join(missing)} table): pass the folder of a sweep "
-                    "(storage/name), which holds MLflow's mlflow.db"
+                    f"(storage/name), which holds MLflow's {MLFLOW_DB}"
                 )
             row = connection.execute(
                 "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (experiment,)
