@@ -167,3 +167,40 @@ def test_a_retried_trial_repeating_its_steps_writes_each_point_once(tmp_path):
     objective = [(m.step, m.value) for m in client.get_metric_history(run_id, keys.TASK_DEV_OBJECTIVE)]
     assert sorted(objective) == [(4, -0.6), (6, -0.5)]
     assert sorted(m.step for m in client.get_metric_history(run_id, keys.STEP_LOSS)) == [3, 4]
+
+
+def test_repair_rebuilds_every_run_with_its_card_in_an_empty_store(sweep, tmp_path):
+    """A store that lost everything (a crash before any write reached it): the end-of-sweep
+    repair rebuilds each trial's run from Tune's files alone, closes it FINISHED and attaches
+    its card, and reports nothing lost."""
+    from scrutable.sweep import tracking
+    from scrutable.sweep.artifacts import local_path
+    from scrutable.sweep.folder import SweepFolder
+
+    copy = tmp_path / "quickstart"
+    shutil.copytree(sweep, copy, symlinks=True)
+    (copy / "mlflow.db").unlink()
+    shutil.rmtree(copy / "mlartifacts")
+    folder = SweepFolder.open(copy)
+    uri = folder.mlflow_uri
+    experiment_id, parent_id = tracking.connect(uri, folder.experiment, copy)
+    callback = tracking.MlflowTracking(uri, experiment_id, parent_id, {}, folder.spec.space.names, copy)
+    records = folder.trials()
+    assert len(records) == 2 and all(r.status == "TERMINATED" for r in records)
+
+    lost = callback.repair(records)
+
+    assert lost == []
+    client = mlflow.MlflowClient(uri)
+    kids = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert sorted(r.data.tags["scrutable.trial_id"] for r in kids) == sorted(r.trial_id for r in records)
+    for run in kids:
+        assert run.info.status == "FINISHED"
+        record = next(r for r in records if r.trial_id == run.data.tags["scrutable.trial_id"])
+        reported = {int(row[keys.TRAIN_STEP]) for row in folder.history(record)}  # Tune's result.json
+        logged = {int(m.step) for m in client.get_metric_history(run.info.run_id, keys.TRAIN_STEP)}
+        assert logged == reported and STEPS in logged
+        card = json.loads((record.checkpoint / "card.json").read_text())
+        assert run.data.tags["final_prompt"] == str(card["unembedded_text"])[:250]
+        artifacts = local_path(copy, run.info.artifact_uri)  # mlartifacts/<experiment>/<run>/artifacts
+        assert json.loads((artifacts / "card.json").read_text()) == card

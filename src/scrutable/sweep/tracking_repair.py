@@ -100,8 +100,14 @@ class _RecordTrial:
 
 
 class _Checkpoint:
+    """A checkpoint folder on this machine, shaped like Tune's (`path`, `filesystem`): the
+    export reads the experiment locally (a bucket's is mirrored first, `storage.mirror`)."""
+
     def __init__(self, path: Path) -> None:
+        import pyarrow.fs
+
         self.path = str(path)
+        self.filesystem = pyarrow.fs.LocalFileSystem()
 
 
 def _trial_config(path: Path | None) -> dict[str, Any]:
