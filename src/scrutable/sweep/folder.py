@@ -112,18 +112,6 @@ class SweepFolder:
         return self.path / SPEC_FILE
 
     @property
-    def mlflow_db(self) -> Path:
-        return self.path / MLFLOW_DB
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.path / ARTIFACTS_DIR
-
-    @property
-    def tune_dir(self) -> Path:
-        return self.path / TUNE_DIR
-
-    @property
     def pareto_dir(self) -> Path:
         return self.path / PARETO_DIR
 
