@@ -269,7 +269,7 @@ def check_before_ray(spec: SweepSpec, args: argparse.Namespace) -> None:
 
 
 def pareto_command(args: argparse.Namespace) -> int:
-    from scrutable.sweep.folder import SweepFolder
+    from scrutable.sweep.folder import PARETO_DIR, SweepFolder
     from scrutable.sweep.frontier import export_pareto, render_summary, summary_json
 
     folder = SweepFolder.open(args.folder)
@@ -292,7 +292,7 @@ def pareto_command(args: argparse.Namespace) -> int:
                 )
             )
         reference = [given[m] for m in spec.metric_names]
-    out = args.out or folder.pareto_dir
+    out = args.out or args.folder / PARETO_DIR  # as given: the summary names the files the way the user did
     check_writable(out, "--out", folder=True)
     summary = export_pareto(folder.trials(), spec, out, reference=reference)
     if args.json:

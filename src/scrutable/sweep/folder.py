@@ -23,15 +23,16 @@ moved or copied folder opens the same way everywhere:
     folder.trials()      # every Tune trial as a `TrialRecord` (`results.py`)
     folder.history(r)    # a trial's reports, one per step
     folder.frontier()    # the trials on the Pareto frontier (`frontier.py`)
-    folder.mlflow_uri, folder.optuna_uri
+    folder.mlflow_uri      # tracking.uri, else the folder's SQLite store
 
-One validation policy: the spec is validated as `scrutable sweep` validates a sweep file,
-except that a `data_dir` missing on this machine is tolerated (a folder copied off a
-cluster names the cluster's data folder, and reading its results needs no data). A
-command that runs trials from the folder (`--resume`) checks the data itself
-(`require_data`). Viewing the runs (`scrutable ui`) needs only the name and the tracking
-settings, read from the same parse without the full validation (`experiment`,
-`mlflow_uri`).
+One validation policy, in two depths. Reading (`spec`: pareto, report) validates the file
+as a sweep file is validated, without the checks against this machine: a folder copied off
+a cluster names the cluster's model paths and data folder, and reading its results needs
+neither. Running trials from it (`runnable_spec`: `--resume`) adds those checks, exactly as
+`scrutable sweep` runs them on a sweep file. Viewing the runs (`scrutable ui`) needs only
+the name and the tracking settings, read from the same parse (`experiment`, `mlflow_uri`).
+A trial checkpoint's own files (state.pt, card.json) are the trainable's to name
+(`trainables/common.py`, `sweep/trainable.py`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ class SweepFolder:
     path: Path  # absolute
     raw: dict[str, Any]  # spec.yaml as parsed (safe YAML, size-limited)
     overrides: dict[str, str] = field(default_factory=dict)
-    missing_data_dir: str | None = None  # the stored data_dir, where it does not exist here (set by `spec`)
 
     @classmethod
     def open(
@@ -100,8 +100,11 @@ class SweepFolder:
         spec_file = given / SPEC_FILE
         if not spec_file.is_file():
             raise not_a_sweep_folder(given, fix)
-        where = str(spec_file)
-        raw = parse_yaml(spec_file.read_text(encoding="utf-8", errors="replace"), where)
+        try:
+            text = spec_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{spec_file} is not UTF-8 text (byte {exc.start}): restore it from a copy") from None
+        raw = parse_yaml(text, SPEC_FILE)
         if not isinstance(raw, dict) or not raw.get("name"):
             raise UserError(f"{spec_file} names no sweep: restore it from the MLflow parent run's spec.yaml artifact")
         return cls(given.resolve(), raw, dict(overrides or {}))
@@ -134,36 +137,31 @@ class SweepFolder:
         tracking = self.raw.get("tracking")
         return tracking if isinstance(tracking, dict) else {}
 
-    @property
-    def optuna_uri(self) -> str:
-        return optuna_uri(self.spec, self.path)
-
     # --- the spec --------------------------------------------------------------------------
     @cached_property
     def spec(self) -> SweepSpec:
-        """The stored spec, validated, with `storage` (or `local_dir` for a URI storage)
-        re-rooted at this folder's parent: the folder may have moved since it was written."""
+        """The stored spec, validated as a file (not against this machine: its model paths
+        and data folder may be a cluster's), with `storage` (or `local_dir` for a URI
+        storage) re-rooted at this folder's parent: the folder may have moved."""
         from scrutable.sweep.spec import spec_from_mapping
+
+        return spec_from_mapping(self.raw, SPEC_FILE, self._rerooted(), checks=False)
+
+    def runnable_spec(self) -> SweepSpec:
+        """The stored spec, re-rooted, and checked against this machine as `scrutable sweep`
+        checks a sweep file (names resolve, the search fits the model, Optuna's database
+        opens, the data folder exists): what running trials from this folder needs."""
+        from scrutable.sweep.spec import check_loaded
+
+        check_loaded(self.spec, SPEC_FILE)
+        return self.spec
+
+    def _rerooted(self) -> dict[str, str]:
         from scrutable.sweep.storage import is_uri
 
         stored_storage = self.raw.get("storage")
         where = "local_dir" if isinstance(stored_storage, str) and is_uri(stored_storage) else "storage"
-        overrides = {**self.overrides, where: str(self.path.parent)}
-        raw = dict(self.raw)
-        data_dir = raw.get("data_dir")
-        if "data_dir" not in overrides and isinstance(data_dir, str) and not Path(data_dir).expanduser().is_dir():
-            self.missing_data_dir = data_dir
-            raw["data_dir"] = None  # validated without it: this machine's $SCRUTABLE_DATA_DIR, else the hub
-        return spec_from_mapping(raw, str(self.spec_file), overrides)
-
-    def require_data(self) -> None:
-        """Running trials from this folder needs its own data: one line if it is not here."""
-        _ = self.spec
-        if self.missing_data_dir is not None:
-            raise UserError(
-                f"data_dir {self.missing_data_dir} in {self.spec_file} does not exist: point it at ../shared/data "
-                "(--set data_dir=PATH) or remove it to load from the hub"
-            )
+        return {**self.overrides, where: str(self.path.parent)}
 
     # --- the results -----------------------------------------------------------------------
     def trials(self) -> list[TrialRecord]:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import atomic_path, write_atomically
 from scrutable.sweep.folder import PARETO_CSV, PARETO_HTML, PARETO_JSON, PARETO_PNG, TRIALS_CSV
@@ -77,7 +78,13 @@ def task_baseline(spec: SweepSpec) -> TaskBaseline | None:
     from scrutable.tasks import get_task
 
     modes = dict(zip(spec.metric_names, spec.directions, strict=True))
-    verbalizers = getattr(get_task(spec.task, data_dir=spec.data_dir, seed=spec.data_seed), "verbalizers", None)
+    # A folder copied off a cluster names the cluster's data folder: the labels need no data.
+    data_dir = spec.data_dir if spec.data_dir is not None and Path(spec.data_dir).is_dir() else None
+    try:
+        task = get_task(spec.task, data_dir=data_dir, seed=spec.data_seed)
+    except UserError:  # Yelp needs its data folder to be built; it has no labels either way
+        return None
+    verbalizers = getattr(task, "verbalizers", None)
     if not verbalizers:
         return None
     labels = len(next(iter(verbalizers.values())))

@@ -3,7 +3,7 @@
 `run_sweep` is the recipe, one named step per line:
 
     check_before_start  the folder, storage kind, tracking server; on resume, what may change
-    start_ray           local (127.0.0.1 only) or a cluster (`ray_start.py`); then spec.yaml
+    start_ray_for       local (127.0.0.1 only) or a cluster (`ray_start.py`); then spec.yaml
     open_tracking       MLflow store, parent run, saved views (`tracking.py`)
     start_scorer        the shared perplexity actor (`scorer_actor.py`)
     make_callbacks      MLflow, the live table, the folder's signature, the bucket upload

@@ -33,8 +33,7 @@ def stored_spec(folder: Path, overrides: dict[str, str] | None = None) -> SweepS
     complete, with its data here, in the folder named after the sweep: ready to run again."""
     opened = SweepFolder.open(folder, overrides)
     _check_complete(opened.raw, opened.spec_file)
-    spec = opened.spec
-    opened.require_data()
+    spec = opened.runnable_spec()
     if spec.name != folder.name:
         raise UserError(
             f"{folder} holds sweep '{spec.name}' (its Optuna study and MLflow experiment carry that name): "

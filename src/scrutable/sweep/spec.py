@@ -355,9 +355,13 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None, *, smok
 
 
 def spec_from_mapping(
-    raw: Any, where: str, overrides: dict[str, str] | None = None, *, smoke: bool = False
+    raw: Any, where: str, overrides: dict[str, str] | None = None, *, smoke: bool = False, checks: bool = True
 ) -> SweepSpec:
-    """A parsed sweep file -> a validated spec; anything wrong is one UserError."""
+    """A parsed sweep file -> a validated spec; anything wrong is one UserError.
+
+    `checks=False` validates the file alone (schema, paths made absolute) and skips the
+    checks against this machine (`check_loaded`): a sweep folder copied from a cluster is
+    read with its cluster's model paths and data folder (`sweep/folder.py`)."""
     if not isinstance(raw, dict):
         raise UserError(f"{where} must be a mapping of keys (name, method, task, ...)")
     raw = dict(raw)
@@ -392,10 +396,19 @@ def spec_from_mapping(
             **raw["tracking"],
             "uri": absolute_database_uri(raw["tracking"]["uri"], f"tracking.uri in {where}"),
         }
+    spec = from_mapping(SweepSpec, raw, where=where)
+    if checks:
+        check_loaded(spec, where)
+    return spec
+
+
+def check_loaded(spec: SweepSpec, where: str) -> None:
+    """What a spec must pass on this machine before it runs: the names resolve, a trial at
+    either end of the search is a valid config that fits the model, Optuna's database opens,
+    the data folder exists."""
     # The checks import this module (they read SweepSpec and Sampler), so they are imported here.
     from scrutable.sweep.spec_checks import check_names, check_optuna_storage, check_search_ends
 
-    spec = from_mapping(SweepSpec, raw, where=where)
     check_names(spec, where)
     example = spec.space.example_point()
     spec.trial_config(example)  # an unknown training key fails now, not in a trial
@@ -407,7 +420,6 @@ def spec_from_mapping(
             f"data_dir {spec.data_dir} in {where} does not exist: point it at ../shared/data "
             "or remove it to load from the hub"
         )
-    return spec
 
 
 def absolute_database_uri(uri: str, what: str) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.sweep.artifacts import ArtifactWriter, experiment_location
-from scrutable.sweep.folder import MLFLOW_DB, PARETO_DIR, SPEC_FILE
+from scrutable.sweep.folder import PARETO_DIR, SPEC_FILE, mlflow_uri
 from scrutable.sweep.ui import FRONTIER_TAG, view_tags
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0)  # backoff between tries of one write; the driver loop waits
@@ -49,7 +49,8 @@ PARAM_CHARS = 250  # MLflow accepts 6000; longer values make an unreadable table
 
 
 def default_uri(folder: Path) -> str:
-    return f"sqlite:///{folder / MLFLOW_DB}"
+    """The sweep folder's own SQLite store (`folder.mlflow_uri`)."""
+    return mlflow_uri(folder)
 
 
 def mlflow_client(uri: str) -> Any:
