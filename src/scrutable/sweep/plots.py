@@ -63,20 +63,9 @@ DPI = 120  # pareto.png: 1020 x 720 pixels for two objectives
 # --- pareto.png -----------------------------------------------------------------------------
 
 
-def plot_png(
-    path: Path,
-    eligible: list[TrialRecord],
-    frontier_ids: set[str],
-    spec: SweepSpec,
-    *,
-    hypervolume: float | None = None,
-    reference: Sequence[float] | None = None,
-    reference_source: str | None = None,
-) -> None:
-    figure = png_figure(
-        eligible, frontier_ids, spec, hypervolume=hypervolume, reference=reference, reference_source=reference_source
-    )
-    figure.savefig(path, dpi=DPI)
+def plot_png(path: Path, *args: Any, **kwargs: Any) -> None:
+    """pareto.png at `path`: `png_figure(*args, **kwargs)` saved at `DPI`."""
+    png_figure(*args, **kwargs).savefig(path, dpi=DPI)
 
 
 def png_figure(
