@@ -31,8 +31,8 @@ a cluster names the cluster's model paths and data folder, and reading its resul
 neither. Running trials from it (`runnable_spec`: `--resume`) adds those checks, exactly as
 `scrutable sweep` runs them on a sweep file. Viewing the runs (`scrutable ui`) needs only
 the name and the tracking settings, read from the same parse (`experiment`, `mlflow_uri`).
-A trial checkpoint's own files (state.pt, card.json) are the trainable's to name
-(`trainables/common.py`, `sweep/trainable.py`).
+A checkpoint's state.pt is the method's (`trainables/common.py`), which also runs without a
+sweep (`scrutable train`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ TUNE_DIR = "tune"  # Tune's experiment folder under <storage>/<name>/
 PARAMS_FILE = "params.json"  # the trial's config
 RESULT_FILE = "result.json"  # one JSON line per report
 ERROR_FILE = "error.txt"  # a failed trial's traceback
+# In each checkpoint_* folder, beside the method's state.pt (`trainables/common.py`):
+CARD_FILE = "card.json"  # the checkpoint's interpretability card (`final` marks the last)
+CARD_TEXT_FILE = "card.txt"  # the same card, rendered for reading
 TUNE_LOG = "tune.log"
 SCORER_STATS = "scorer_stats.json"
 REFERENCE_CACHE = "reference_perplexity.json"

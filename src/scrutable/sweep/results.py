@@ -34,7 +34,7 @@ from typing import Any
 
 from scrutable.errors import UserError
 from scrutable.metrics import keys
-from scrutable.sweep.folder import ERROR_FILE, PARAMS_FILE, RESULT_FILE, TUNE_DIR, mlflow_uri
+from scrutable.sweep.folder import CARD_FILE, ERROR_FILE, PARAMS_FILE, RESULT_FILE, TUNE_DIR, mlflow_uri
 from scrutable.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _entries_from_folders(tune_dir: Path) -> list[_Entry]:
         config = _read_json(trial_dir / PARAMS_FILE) or last.get("config") or {}
         # A final card wins over an error file: the trial may have failed once, then been retried.
         checkpoint = _latest_checkpoint(trial_dir, last)
-        if checkpoint is not None and _read_json(checkpoint / "card.json").get("final") is True:
+        if checkpoint is not None and _read_json(checkpoint / CARD_FILE).get("final") is True:
             status = COMPLETED
         else:
             status = FAILED if (trial_dir / ERROR_FILE).is_file() else "UNKNOWN"

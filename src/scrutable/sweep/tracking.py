@@ -41,6 +41,7 @@ from ray.tune import Callback
 from scrutable.metrics import keys
 from scrutable.sweep import tracking_repair
 from scrutable.sweep.artifacts import ArtifactWriter
+from scrutable.sweep.folder import CARD_FILE, CARD_TEXT_FILE
 from scrutable.sweep.tracking_cards import error_reason, final_card, final_card_text
 from scrutable.sweep.tracking_store import (
     EXPERIMENT_KIND,
@@ -198,11 +199,11 @@ class MlflowTracking(Callback):
         """Close a finished trial's run with its card (`tracking_cards.py`)."""
         card = final_card(trial)
         if card is not None:
-            self.artifacts.json(run_id, card, "card.json")
+            self.artifacts.json(run_id, card, CARD_FILE)
             self.client.set_tag(run_id, "final_prompt", str(card.get("unembedded_text", ""))[:250])
         card_text = final_card_text(trial)
         if card_text is not None:
-            self.artifacts.text(run_id, card_text, "card.txt")
+            self.artifacts.text(run_id, card_text, CARD_TEXT_FILE)
         self.client.set_terminated(run_id, "FINISHED")
 
     def close_failed(self, run_id: str, trial: Any) -> None:

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scrutable.sweep.folder import CARD_FILE, CARD_TEXT_FILE
+
 
 def _checkpoint_file(trial: Any, name: str) -> bytes | None:
     """A file of the trial's checkpoint, or None when there is no checkpoint or no such file."""
@@ -35,7 +37,7 @@ def _checkpoint_file(trial: Any, name: str) -> bytes | None:
 
 def final_card(trial: Any) -> dict[str, Any] | None:
     """The card the trainable wrote into the trial's last checkpoint (`card.json`)."""
-    raw = _checkpoint_file(trial, "card.json")
+    raw = _checkpoint_file(trial, CARD_FILE)
     if raw is None:
         return None
     loaded: dict[str, Any] = json.loads(raw)
@@ -44,7 +46,7 @@ def final_card(trial: Any) -> dict[str, Any] | None:
 
 def final_card_text(trial: Any) -> str | None:
     """The rendered card the trainable wrote beside card.json (`card.txt`)."""
-    raw = _checkpoint_file(trial, "card.txt")
+    raw = _checkpoint_file(trial, CARD_TEXT_FILE)
     return None if raw is None else raw.decode()
 
 

@@ -30,11 +30,10 @@ import ray
 from ray import tune
 
 from scrutable.metrics import keys
+from scrutable.sweep.folder import CARD_FILE, CARD_TEXT_FILE
 from scrutable.trainables import get_method
 from scrutable.trainables.common import Evaluation, load_state, save_state
 
-CARD_FILE = "card.json"
-CARD_TEXT_FILE = "card.txt"
 # At most one step report per trial this often, so the driver stays idle between evaluations
 # (SCRUTABLE_PROGRESS_EVERY_S=0 reports every step, as the tests do).
 PROGRESS_EVERY_S = float(os.environ.get("SCRUTABLE_PROGRESS_EVERY_S", "2.0"))
