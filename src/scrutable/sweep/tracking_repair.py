@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrutable.metrics import keys
-from scrutable.sweep.folder import ERROR_FILE, PARAMS_FILE, RESULT_FILE
+from scrutable.sweep.folder import ERROR_FILE, PARAMS_FILE, trial_history
 from scrutable.sweep.tracking_store import RETRY_DELAYS_S, numeric
 
 if TYPE_CHECKING:
@@ -55,8 +55,7 @@ def _repair_one(callback: MlflowTracking, record: Any) -> None:
     trial = _RecordTrial(record)
     run_id = retried(lambda: callback.run_id(trial))
     logged = {int(m.step) for m in retried(lambda: callback.client.get_metric_history(run_id, keys.TRAIN_STEP))}
-    rows = _result_rows(record.path)
-    for row in rows:
+    for row in trial_history(record):  # one row per step, the later report of a resumed step
         step = int(row.get(keys.TRAIN_STEP, -1))
         if step < 0 or step in logged:
             continue
@@ -118,8 +117,3 @@ def _trial_config(path: Path | None) -> dict[str, Any]:
     return loaded
 
 
-def _result_rows(path: Path | None) -> list[dict[str, Any]]:
-    results = path / RESULT_FILE if path is not None else None
-    if results is None or not results.is_file():
-        return []
-    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
