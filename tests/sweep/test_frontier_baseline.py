@@ -82,3 +82,31 @@ def test_no_prompt_beats_the_baseline(tmp_path):
     assert summary.frontier == [] and summary.hypervolume is None
     assert any("no trial beats the baseline" in note for note in summary.notes)
     assert (tmp_path / "pareto.png").is_file()  # the trials are still plotted
+
+
+def measured(trial_id, objective, perplexity, alpha, empty):
+    r = record(trial_id, objective, perplexity, alpha)
+    return replace(r, metrics={**r.metrics, keys.BASELINE_EMPTY_DEV_OBJECTIVE: empty})
+
+
+def test_an_empty_prompt_that_beats_a_coin_raises_the_bar(tmp_path):
+    """The trials' measured empty prompt (-0.65) is above -log 2: prompts between the two beat a
+    coin but not the task model's own guess, so they leave the frontier and the reference."""
+    records = [
+        measured("zero", -0.60, 4e5, 0.0, -0.65),
+        measured("mid", -0.66, 2e4, 1.0, -0.65),  # beats a coin, not the empty prompt
+        record("running", -0.5, 9e5, 0.3),  # no baseline value: it does not lower the bar either
+    ]
+    baseline = task_baseline(spec(), records)
+    assert baseline.value == pytest.approx(-0.65) and baseline.source.startswith("the empty prompt")
+    summary = export_pareto(records, spec(), tmp_path)
+    assert {r.trial_id for r in summary.frontier} == {"zero", "running"} and summary.n_below_baseline == 1
+    assert summary.reference[0] == pytest.approx(-0.65)
+    assert json.loads((tmp_path / "pareto.json").read_text())["baseline"]["value"] == pytest.approx(-0.65)
+
+
+def test_an_empty_prompt_below_a_coin_leaves_the_coin_as_the_bar():
+    records = [measured("a", -0.6, 4e5, 0.0, -0.9), measured("b", -0.6, 4e5, 0.0, -0.8)]
+    baseline = task_baseline(spec(), records)
+    assert baseline.value == pytest.approx(-math.log(2))
+    assert baseline.source == "uniform guess over 2 labels; the empty prompt scores -0.8"

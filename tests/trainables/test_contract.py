@@ -10,8 +10,10 @@ import torch
 from helpers import TINY_METHOD_EXTRA, TINY_METHOD_SETTINGS
 from scrutable.config import from_mapping
 from scrutable.metrics import keys
+from scrutable.tasks import get_task
+from scrutable.tasks.base import subset
 from scrutable.trainables import METHODS, get_method
-from scrutable.trainables.common import load_state, save_state
+from scrutable.trainables.common import cached_model, load_state, save_state
 
 
 def make_config(name, **changes):
@@ -41,6 +43,26 @@ def test_reports_declared_keys_with_finite_values(name):
     assert 0 <= final[keys.TASK_TEST] <= 1 and final[keys.PERPLEXITY] > 1
     assert result.metrics[keys.TASK_TEST] == final[keys.TASK_TEST]
     assert result.card.split == "test"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_the_final_row_measures_the_empty_prompt(name):
+    """The sweep's baseline (`frontier.task_baseline`): the task model on its dev sample with no
+    prompt at all, here computed by hand from the task's own input text."""
+    config = make_config(name)
+    result = get_method(name).run(config)
+    lm = cached_model(config.model, None)
+    task = get_task(config.task, seed=config.data_seed)
+    verbalizers = task.verbalizer_ids(lm)
+    correct, log_prob = 0, 0.0
+    for example in subset(task.examples("dev"), config.eval_limit):  # the sample prompts are kept by
+        before, after = task.formatter(example, lm)
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([before + after])).logits[0, -1, verbalizers]
+        correct += int(logits.argmax()) == example.label
+        log_prob += float(torch.log_softmax(logits.float(), -1)[example.label])
+    assert result.metrics[keys.BASELINE_EMPTY_DEV] == correct / config.eval_limit
+    assert result.metrics[keys.BASELINE_EMPTY_DEV_OBJECTIVE] == pytest.approx(log_prob / config.eval_limit, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

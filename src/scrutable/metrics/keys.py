@@ -24,6 +24,11 @@ TASK_TEST = "task/test_metric"
 TASK_TEST_UNEMBEDDED = "task/test_metric_unembedded"
 TASK_TEST_OBJECTIVE = "task/test_objective"
 
+# --- what a prompt must beat: the task model with no prompt at all, on the same dev sample
+# (in the final row; `sweep/frontier.py` takes the better of it and a uniform guess).
+BASELINE_EMPTY_DEV = "baseline/empty_prompt_dev_metric"
+BASELINE_EMPTY_DEV_OBJECTIVE = "baseline/empty_prompt_dev_objective"
+
 # --- scrutability
 PERPLEXITY = "interp/perplexity"  # of the unembedded prompt under the scorer LM
 LOG_PERPLEXITY = "interp/log_perplexity"
@@ -91,6 +96,8 @@ ALL_NUMERIC = (
     TASK_TEST,
     TASK_TEST_UNEMBEDDED,
     TASK_TEST_OBJECTIVE,
+    BASELINE_EMPTY_DEV,
+    BASELINE_EMPTY_DEV_OBJECTIVE,
     PERPLEXITY,
     LOG_PERPLEXITY,
     *FAITHFULNESS,

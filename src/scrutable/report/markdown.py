@@ -108,7 +108,7 @@ def frontier_table(sweep: Sweep) -> list[str]:
         for r in sweep.folder.frontier(sweep.records)
     ]
     if not rows:
-        baseline = task_baseline(sweep.spec)
+        baseline = task_baseline(sweep.spec, sweep.records)
         if baseline is not None and sweep.completed:
             beat = f"{baseline.metric} {baseline.value:.4g}, {baseline.source}"
             return [f"No trial beats the baseline ({beat}): no frontier."]

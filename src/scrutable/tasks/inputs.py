@@ -67,9 +67,12 @@ def splice_prompt(
     token_ids, slot, attention = token_ids.to(lm.device), slot.to(lm.device), attention.to(lm.device)
     token_embeds = lm.model.get_input_embeddings()(token_ids)  # (B, T, D)
     prompt_embeds = prompt_embeds.to(device=lm.device, dtype=token_embeds.dtype)
-    from_prompt = prompt_embeds[:, slot.clamp(min=0)]  # (P, B, T, D)
-    is_prompt = (slot >= 0).unsqueeze(-1)  # (B, T, 1)
-    embeds = torch.where(is_prompt, from_prompt, token_embeds.unsqueeze(0))  # (P, B, T, D)
+    if prompt_len:
+        from_prompt = prompt_embeds[:, slot.clamp(min=0)]  # (P, B, T, D)
+        is_prompt = (slot >= 0).unsqueeze(-1)  # (B, T, 1)
+        embeds = torch.where(is_prompt, from_prompt, token_embeds.unsqueeze(0))  # (P, B, T, D)
+    else:  # the empty prompt: the task's input alone (the sweep's no-prompt baseline)
+        embeds = token_embeds.unsqueeze(0).expand(num_prompts, -1, -1, -1)
     embeds = embeds.reshape(num_prompts * batch_size, total, -1)
     attention = attention.repeat(num_prompts, 1)
     positions = None

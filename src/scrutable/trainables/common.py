@@ -169,6 +169,35 @@ def setup(config: TrainConfig, scorer: Scorer | None = None) -> Setup:
     return Setup(task=task, lm=lm, scorer=scorer)
 
 
+def empty_prompt_dev(config: TrainConfig, lm: LanguageModel) -> dict[str, float]:
+    """The task model's dev metric and objective with no prompt at all, on the dev sample
+    prompts are kept by (`baseline/*` keys): the score a trained prompt must beat to be worth
+    reading (`sweep/frontier.py`). Measured once per process and setting (the trials of a
+    sweep on one worker share it); empty for tasks without labels (Yelp's generation)."""
+    setting = (config.task, config.model, config.data_dir, config.data_seed, config.dev_pool, config.eval_limit)
+    key = (*setting, config.device, config.dtype)
+    if key not in _EMPTY_PROMPT:
+        # The plain path: the prefix cache splices a prompt between cached inputs and the
+        # answer cue, and an empty prompt may leave it nothing to run.
+        task = get_task(
+            config.task, data_dir=config.data_dir, seed=config.data_seed, dev_pool=config.dev_pool, prefix_cache=False
+        )
+        if not getattr(task, "verbalizers", None):
+            _EMPTY_PROMPT[key] = {}
+        else:
+            with torch.no_grad():
+                empty = lm.embedding_matrix[:0]  # (0, D)
+                found = task.evaluate(lm, empty, "dev", limit=config.eval_limit, batch_size=max(config.batch_size, 16))
+            _EMPTY_PROMPT[key] = {
+                keys.BASELINE_EMPTY_DEV: found.metric,
+                keys.BASELINE_EMPTY_DEV_OBJECTIVE: found.objective,
+            }
+    return dict(_EMPTY_PROMPT[key])
+
+
+_EMPTY_PROMPT: dict[tuple[Any, ...], dict[str, float]] = {}
+
+
 def check_finite(value: float, what: str, step: int, config: TrainConfig) -> None:
     """NaN and overflow alike (an inf loss, or a value past 1e30) are a divergence."""
     if not math.isfinite(value) or abs(value) > DIVERGED:
@@ -394,7 +423,8 @@ class Loop:
                 token_ids=None if best.is_soft else torch.tensor(best.token_ids, device=self.s.lm.device),
                 split="test",
             )
-            self._final = best.with_test(card).row(is_best=True), card
+            row = {**best.with_test(card).row(is_best=True), **empty_prompt_dev(self.config, self.s.lm)}
+            self._final = row, card
         return dict(self._final[0]), self._final[1]
 
     def snapshot(self) -> dict[str, Any]:

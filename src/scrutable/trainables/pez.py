@@ -57,6 +57,11 @@ class PezConfig(TrainConfig):
     relaxation_temperature: float = 0.1
     init: Literal["vocab", "text", "random"] = "vocab"
     init_text: str = ""
+    # The step size over the run: constant (the reference) or cosine decay to 0 at the last step.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Evaluate the initial prompt too (step 0), so it competes with the trained ones and the
+    # learning curve starts where training does.
+    eval_at_start: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +112,13 @@ def task_model_term(
     return (mean_nll.exp() if config.perplexity_term == "raw" else mean_nll), perplexity
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, config: PezConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule over `config.steps` optimizer steps; None for a constant rate."""
+    if config.lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=0.0)
+
+
 def run(config: PezConfig, **io: Unpack[RunIO]) -> TrainResult:
     # --- setup --------------------------------------------------------------------------
     loop = Loop(config, **io)
@@ -114,8 +126,13 @@ def run(config: PezConfig, **io: Unpack[RunIO]) -> TrainResult:
     check_compatible(s, config)
     prompt = torch.nn.Parameter(initial_prompt(s.lm, config, config.init, config.init_text, loop.generator))
     optimizer = torch.optim.AdamW([prompt], lr=config.learning_rate, weight_decay=config.weight_decay)
-    loop.start(prompt=prompt, optimizer=optimizer)
+    schedule = make_schedule(optimizer, config)
+    # A constant step has no scheduler, so checkpoints written before schedules existed resume.
+    loop.start(prompt=prompt, optimizer=optimizer, **({} if schedule is None else {"schedule": schedule}))
     embeddings = s.lm.embedding_matrix
+    if config.eval_at_start and loop.step == 0:
+        ids = project_to_vocabulary(prompt, embeddings, Distance.COSINE)[0]
+        loop.evaluate(embeddings[ids], is_soft=False, token_ids=ids)
 
     # --- train --------------------------------------------------------------------------
     while not loop.done:
@@ -134,6 +151,8 @@ def run(config: PezConfig, **io: Unpack[RunIO]) -> TrainResult:
         optimizer.zero_grad()
         loss.backward()
         loop.optimizer_step(optimizer)
+        if schedule is not None:
+            schedule.step()
         values = {keys.TRAIN_LOSS: float(loss.detach()), keys.TRAIN_TASK_LOSS: float(task_loss.detach())}
         if loop.step_finished(values):
             # PEZ delivers the projected (hard) prompt: that is the prompt evaluated and kept.
