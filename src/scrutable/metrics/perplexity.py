@@ -17,8 +17,13 @@ the input embedding of token i and the path through its use as the target at pos
 Only shared vocabularies can pass such a gradient back to a task model's prompt.
 
 The scorer may run in bfloat16/float16 and on a GPU: ids are built on its device, and the
-log-softmax and the mean NLL are taken in float32 (a bfloat16 log-probability of ~-10 is
+logsumexp and the mean NLL are taken in float32 (a bfloat16 log-probability of ~-10 is
 off by up to 0.03 nats, 3% in perplexity per token).
+
+The LM head is applied here, only at positions that have a target, a chunk of positions at
+a time: a value is the target's logit against a logsumexp, with no (N, L, V) log-probability
+tensor; a gradient backpropagates from the embedding rows, not from an (N, L, V) one-hot
+product (issue 19; tests/metrics/test_scorer_fast.py holds the plain computation it replaced).
 
 `Scorer` is the interface every trainable talks to; `LocalScorer` runs in process, and the
 sweep engine puts the same interface in front of one shared Ray actor. Besides the blocking
@@ -121,13 +126,46 @@ def _start_and_pad(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tup
     return ids.to(lm.device), mask.to(lm.device)
 
 
-def _token_nll(lm: LanguageModel, inputs_embeds: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N, Lmax) NLL of ids[:, 1:] given their prefix; zero where masked."""
+def _last_hidden(lm: LanguageModel, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, 1+L, D) the body's last hidden states (final norm included), before the LM head."""
     attention = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).long()
-    logits = lm.model(inputs_embeds=inputs_embeds, attention_mask=attention).logits  # (N, 1+L, V)
-    log_probs = F.log_softmax(logits[:, :-1, : lm.vocab_size].float(), dim=-1)  # (N, L, V)
-    nll = -log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return nll * mask
+    return lm.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention, use_cache=False).last_hidden_state
+
+
+def _head(lm: LanguageModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's (V, D) weight and bias, restricted to the real vocabulary.
+
+    The scorer applies the head itself, to the positions that have a target only (not the
+    last one, not padding). Heads that rescale or cap logits are refused, not mis-scored."""
+    config = lm.model.config
+    for field in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, field, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"{lm.name}: a head with {field} is not supported by the scorer")
+    head = lm.model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    return head.weight[: lm.vocab_size], None if bias is None else bias[: lm.vocab_size]
+
+
+# Positions whose (rows, V) logits are made at once. The head's weight (49,152 x 576 floats,
+# 113 MB) is streamed from memory once per chunk, so small chunks starve the matmul (64 rows
+# reached 0.58-0.66 of this CPU's matmul peak, 256 rows 0.67-0.84); 256 x 49,152 float32
+# logits are 50 MB, which bounds the memory whatever N x L.
+HEAD_CHUNK = 256
+
+
+def _target_nll(lm: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(M,) float32 NLL of each target given its (M, D) hidden state: logsumexp minus the
+    target's logit, in place in each chunk's logits (no (M, V) log-probabilities)."""
+    weight, bias = _head(lm)
+    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), HEAD_CHUNK):
+        rows = slice(start, start + HEAD_CHUNK)
+        logits = F.linear(hidden[rows], weight, bias).float()  # (c, V)
+        top = logits.amax(-1, keepdim=True)  # (c, 1) for a stable exp
+        target = logits.gather(1, targets[rows, None])[:, 0] - top[:, 0]
+        log_sum = logits.sub_(top).exp_().sum(-1).log_()  # logsumexp - top, overwriting the logits
+        nll[rows] = log_sum - target
+    return nll
 
 
 @torch.no_grad()
@@ -138,8 +176,11 @@ def sequence_perplexities(lm: LanguageModel, sequences: Sequence[Sequence[int]])
     if not scored:
         return out
     ids, mask = _start_and_pad(lm, [s for _, s in scored])
-    nll = _token_nll(lm, lm.model.get_input_embeddings()(ids), ids, mask)
-    mean_nll = nll.sum(-1) / mask.sum(-1)
+    hidden = _last_hidden(lm, lm.model.get_input_embeddings()(ids), mask)  # (N, 1+L, D)
+    # Position i predicts ids[:, i+1]: only real targets reach the head (M = mask.sum()).
+    nll = _target_nll(lm, hidden[:, :-1][mask], ids[:, 1:][mask])  # (M,)
+    rows = torch.arange(len(scored), device=mask.device)[:, None].expand_as(mask)[mask]  # (M,) sequence of each
+    mean_nll = torch.zeros(len(scored), device=nll.device).index_add_(0, rows, nll) / mask.sum(-1)
     for (index, seq), value in zip(scored, mean_nll.tolist(), strict=True):
         out[index] = (math.exp(value), len(seq))
     return out
@@ -186,23 +227,57 @@ class LocalScorer:
 
 
 def onehot_gradients(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> list[PerplexityGradient]:
-    """Mean NLL of each sequence and its gradient w.r.t. the one-hot token choices (L, V)."""
+    """Mean NLL of each sequence and its gradient w.r.t. the one-hot token choices (L, V).
+
+    With one-hot rows o_j, inputs x_j = o_j E and NLL_i = -<o_{i+1}, log p_i>, the gradient
+    has two paths (w = 1 / L per sequence):
+
+        dNLL/do_j = E (dNLL/dx_j)  -  w log p_{j-1}
+                    input path        target path
+
+    so autograd runs from the embedding rows x (N, 1+L, D), not from an (N, 1+L, V) one-hot
+    product; the head's backward is written out (dlogits = w (softmax - onehot(target))), so
+    each chunk of logits is made once and its log-probabilities are the target path; and
+    E dNLL/dx is only formed at the L scored positions, added onto it.
+    """
     ids, mask = _start_and_pad(lm, sequences)
     embedding = lm.embedding_matrix  # (V, D)
-    # The one-hot leaf is float32 so G comes back in float32; the model sees its own dtype.
-    onehot = F.one_hot(ids, num_classes=lm.vocab_size).float().requires_grad_(True)
-    inputs_embeds = onehot.to(embedding.dtype) @ embedding  # (N, 1+L, D), the input path
-    logits = lm.model(
-        inputs_embeds=inputs_embeds, attention_mask=torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).long()
-    ).logits
-    log_probs = F.log_softmax(logits[:, :-1, : lm.vocab_size].float(), dim=-1)  # (N, L, V)
-    # The target path: NLL_i = -<onehot_i, log_probs_i>, differentiable in onehot_i as well.
-    nll = -(onehot[:, 1:] * log_probs).sum(-1) * mask  # (N, L)
-    mean_nll = nll.sum(-1) / mask.sum(-1)  # (N,)
-    (grad,) = torch.autograd.grad(mean_nll.sum(), onehot)
+    weight, bias = _head(lm)
+    inputs = embedding[ids].detach().requires_grad_(True)  # (N, 1+L, D) the rows a one-hot choice picks
+    hidden = _last_hidden(lm, inputs, mask)[:, :-1][mask]  # (M, D) positions with a target
+    targets = ids[:, 1:][mask]  # (M,)
+    rows = torch.arange(len(sequences), device=mask.device)[:, None].expand_as(mask)[mask]  # (M,)
+    w = (1.0 / mask.sum(-1).float())[rows]  # (M,) each position's weight in its sequence's mean
+
+    grad = torch.empty(len(targets), lm.vocab_size, dtype=torch.float32, device=hidden.device)  # (M, V)
+    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    d_hidden = torch.empty_like(hidden)  # (M, D)
+    flat = hidden.detach()
+    with torch.no_grad():
+        for start in range(0, len(targets), HEAD_CHUNK):
+            chunk = slice(start, start + HEAD_CHUNK)
+            index = torch.arange(len(targets[chunk]), device=targets.device)
+            logits = F.linear(flat[chunk], weight, bias).float()  # (c, V)
+            log_probs = F.log_softmax(logits, dim=-1)  # (c, V) an output here: the target path
+            del logits
+            nll[chunk] = -log_probs[index, targets[chunk]]
+            d_logits = log_probs.exp().mul_(w[chunk, None])  # w (softmax - onehot(target))
+            d_logits[index, targets[chunk]] -= w[chunk]
+            d_hidden[chunk] = d_logits.to(weight.dtype) @ weight
+            torch.mul(log_probs, -w[chunk, None], out=grad[chunk])  # the target path
+    hidden.backward(d_hidden)
+    assert inputs.grad is not None
+    d_inputs = inputs.grad[:, 1:][mask]  # (M, D) the input path, scored positions only
+    if embedding.dtype == grad.dtype:
+        grad.addmm_(d_inputs, embedding.T)
+    else:  # the one-hot product ran in the model's dtype: so does its gradient
+        grad.add_((d_inputs @ embedding.T).float())
+    mean_nll = torch.zeros(len(sequences), device=nll.device).index_add_(0, rows, nll) / mask.sum(-1)
     out = []
+    offsets = [0, *np.cumsum([len(s) for s in sequences]).tolist()]
+    grad_np = grad.cpu().numpy()
     for row, seq in enumerate(sequences):
-        value = float(mean_nll[row].detach())
+        value = float(mean_nll[row])
         result = PerplexityResult(math.exp(value), value, len(seq), retokenized=False)
-        out.append(PerplexityGradient(result, grad[row, 1 : 1 + len(seq)].cpu().numpy()))
+        out.append(PerplexityGradient(result, grad_np[offsets[row] : offsets[row + 1]]))
     return out
