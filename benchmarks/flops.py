@@ -1,6 +1,7 @@
 """This machine's float32 matmul rate, and the share of it the scorer and a task step reach.
 
     python benchmarks/flops.py                        # SmolLM2-135M, 1 and 2 threads
+    python benchmarks/flops.py --threads 1 --lengths 5,20 --batches 16,64   # the scorer table of issue 19
     python benchmarks/flops.py --prefix-cache         # the task step on the cached path (issue 8 section 1)
     python benchmarks/flops.py --model tiny-gpt2 --repeats 1   # smoke
 
@@ -8,32 +9,45 @@
 2. FLOPs per token of the scorer's forward, from the model config: 2 x (the matmul weights a
    token passes: attention projections, MLP, LM head) + attention scores and mixing
    (4 x context x hidden per layer, mean causal context). It is checked against torch's own
-   count (`torch.utils.flop_counter.FlopCounterMode`), which is what the shares below use:
-   the FLOPs the model really executes (padding included), not an estimate.
+   count (`torch.utils.flop_counter.FlopCounterMode`).
 3. The scorer: `sequence_perplexities` (the actor's value request) and `onehot_gradients`
-   (PEZ's gradient request) at batch sizes B and prompt lengths L <= 20: FLOPs / time / peak.
-   The best batch size per L is marked. A plain batch-16 forward of 32 tokens is the reference.
+   (PEZ's gradient request) at batch sizes B and prompt lengths L <= 20, on the fast path
+   (`metrics/perplexity.py`) and on the plain path it replaced (commit 801cefb, copied below:
+   full logits and a float32 log-softmax; a one-hot leaf times the embedding matrix).
+   The share of peak is the USEFUL work per second: torch's count of the fast path's FLOPs
+   (body, the LM head at the scored positions, and for gradients the backward to the inputs
+   and the L x V product with the embedding matrix), for both paths. The plain path also
+   runs work that is not needed (the head at the last position, the one-hot product), so
+   its own count (`gflop_run`) is larger: the figures before issue 19 divided that count,
+   which flattered it. The best batch size per L is marked.
 4. A task-model step: SST-2 batch of 16 with a 5-token soft prompt, `task.loss` + backward
    to the prompt (weights frozen: input gradients only), on the plain path, or with
-   `--prefix-cache` on the cached path of `tasks/prefix_cache.py` once that has landed.
-Best of `--repeats` timings (peak: of at least 10), each after a warm-up call: on a shared
-CPU the least disturbed run is the one that measures the machine. Writes JSON to --out.
+   `--prefix-cache` on the cached path of `tasks/prefix_cache.py`.
+
+Best of `--repeats` timings, each after a warm-up call. On a shared CPU the peak and a
+row's timing may meet different loads, so every row also times the peak matmul alternately
+with itself (`peak_row`) and its `share` divides by that; `share_global` divides by the
+script's best-of-10 peak. `load` is `os.getloadavg()` (1 minute) when the row was taken:
+figures for the record need it below 1. Writes JSON to --out (default benchmarks/results/).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tables import render, write
 from torch.utils.flop_counter import FlopCounterMode
 
-from scrutable.metrics.perplexity import onehot_gradients, sequence_perplexities
+from scrutable.metrics.perplexity import _start_and_pad, onehot_gradients, sequence_perplexities
 from scrutable.models import LanguageModel, load_model
 from scrutable.tasks import get_task, sample_batch
 
@@ -61,6 +75,20 @@ def matmul_peak(threads: int, size: int, repeats: int) -> float:
     return 2 * size**3 / best
 
 
+def timed_beside_peak(fn: Callable[[], Any], repeats: int, size: int) -> tuple[float, float]:
+    """Best time of fn and the best matmul rate, taken alternately: both see the same load."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    fn()  # warm-up: allocator, kernels
+    a @ b
+    times, peak_times = [], []
+    for _ in range(repeats):
+        for run, into in ((fn, times), (lambda: a @ b, peak_times)):
+            start = time.perf_counter()
+            run()
+            into.append(time.perf_counter() - start)
+    return min(times), 2 * size**3 / min(peak_times)
+
+
 def config_flops_per_token(lm: LanguageModel, context: float) -> dict[str, float]:
     """Forward FLOPs per token from the config (decoder-only LLaMA/GPT-2 style)."""
     c = lm.model.config
@@ -78,27 +106,83 @@ def config_flops_per_token(lm: LanguageModel, context: float) -> dict[str, float
     return {"weights": matmul / 2, "matmul": matmul, "attention": attention, "total": matmul + attention}
 
 
-def scorer_rows(lm: LanguageModel, lengths: list[int], batches: list[int], peak: float, repeats: int) -> list[dict]:
+# --- The plain path (commit 801cefb), the side-by-side reference for the fast one ---------
+
+
+@torch.no_grad()
+def plain_values(lm: LanguageModel, sequences: list[list[int]]) -> list[float]:
+    ids, mask = _start_and_pad(lm, sequences)
+    attention = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).long()
+    logits = lm.model(inputs_embeds=lm.model.get_input_embeddings()(ids), attention_mask=attention).logits
+    log_probs = F.log_softmax(logits[:, :-1, : lm.vocab_size].float(), dim=-1)  # (N, L, V)
+    nll = -log_probs.gather(-1, ids[:, 1:, None])[..., 0] * mask
+    return [math.exp(v) for v in (nll.sum(-1) / mask.sum(-1)).tolist()]
+
+
+def plain_gradients(lm: LanguageModel, sequences: list[list[int]]) -> list[Any]:
+    ids, mask = _start_and_pad(lm, sequences)
+    onehot = F.one_hot(ids, num_classes=lm.vocab_size).float().requires_grad_(True)  # (N, 1+L, V)
+    inputs_embeds = onehot.to(lm.embedding_matrix.dtype) @ lm.embedding_matrix
+    attention = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).long()
+    logits = lm.model(inputs_embeds=inputs_embeds, attention_mask=attention).logits
+    log_probs = F.log_softmax(logits[:, :-1, : lm.vocab_size].float(), dim=-1)
+    mean_nll = (-(onehot[:, 1:] * log_probs).sum(-1) * mask).sum(-1) / mask.sum(-1)
+    (grad,) = torch.autograd.grad(mean_nll.sum(), onehot)
+    return [grad[row, 1 : 1 + len(seq)].numpy() for row, seq in enumerate(sequences)]
+
+
+SCORER_PATHS = {
+    ("value", "fast"): sequence_perplexities,
+    ("value", "plain"): plain_values,
+    ("gradient", "fast"): onehot_gradients,
+    ("gradient", "plain"): plain_gradients,
+}
+
+
+def scorer_rows(lm: LanguageModel, lengths: list[int], batches: list[int], paths: list[str], size: int,
+                peak: float, repeats: int) -> list[dict]:  # fmt: skip
     rows = []
-    for kind, fn in (("value", sequence_perplexities), ("gradient", onehot_gradients)):
+    for kind in ("value", "gradient"):
         for length in lengths:
             for batch in batches:
                 prompts = [[(7 * i + 13 * j) % 1000 + 2 for j in range(length)] for i in range(batch)]
-                flops = counted(lambda fn=fn, prompts=prompts: fn(lm, prompts))
-                seconds = timed(lambda fn=fn, prompts=prompts: fn(lm, prompts), repeats)
-                rows.append(
-                    {
-                        "what": f"scorer {kind}",
-                        "L": length,
-                        "B": batch,
-                        "tokens": batch * (length + 1),  # with the start token
-                        "seconds": seconds,
-                        "gflop": flops / 1e9,
-                        "gflops_per_s": flops / seconds / 1e9,
-                        "share": flops / seconds / peak,
-                    }
-                )
+                useful = counted(lambda kind=kind, prompts=prompts: SCORER_PATHS[kind, "fast"](lm, prompts))
+                times = {}
+                for path in paths:
+                    fn = SCORER_PATHS[kind, path]
+                    executed = counted(lambda fn=fn, prompts=prompts: fn(lm, prompts))
+                    load = os.getloadavg()[0]
+                    seconds, peak_row = timed_beside_peak(lambda fn=fn, prompts=prompts: fn(lm, prompts), repeats, size)
+                    times[path] = seconds
+                    rows.append(
+                        {
+                            "what": f"scorer {kind}",
+                            "path": path,
+                            "L": length,
+                            "B": batch,
+                            "tokens": batch * (length + 1),  # with the start token
+                            "seconds": seconds,
+                            "gflop": useful / 1e9,
+                            "gflop_run": executed / 1e9,
+                            "gflops_per_s": useful / seconds / 1e9,
+                            "peak_row": peak_row / 1e9,
+                            "share": useful / seconds / peak_row,
+                            "share_global": useful / seconds / peak,
+                            "load": load,
+                        }
+                    )
+                if "plain" in times and "fast" in times:
+                    rows[-len(paths) + paths.index("fast")]["speedup"] = times["plain"] / times["fast"]
     return rows
+
+
+def measured_row(row: dict, fn: Callable[[], Any], peak: float, repeats: int, size: int = 2048) -> dict:
+    """One workload's FLOPs (its own count), time, peak beside it and shares."""
+    flops, load = counted(fn), os.getloadavg()[0]
+    seconds, peak_row = timed_beside_peak(fn, repeats, size)
+    return row | {"seconds": seconds, "gflop": flops / 1e9, "gflops_per_s": flops / seconds / 1e9,
+                  "peak_row": peak_row / 1e9, "share": flops / seconds / peak_row,
+                  "share_global": flops / seconds / peak, "load": load}  # fmt: skip
 
 
 def reference_row(lm: LanguageModel, peak: float, repeats: int) -> dict:
@@ -108,9 +192,7 @@ def reference_row(lm: LanguageModel, peak: float, repeats: int) -> dict:
         with torch.no_grad():
             lm.model(input_ids=ids)
 
-    flops, seconds = counted(forward), timed(forward, repeats)
-    return {"what": "plain forward", "L": 32, "B": 16, "tokens": 512, "seconds": seconds, "gflop": flops / 1e9,
-            "gflops_per_s": flops / seconds / 1e9, "share": flops / seconds / peak}  # fmt: skip
+    return measured_row({"what": "plain forward", "L": 32, "B": 16, "tokens": 512}, forward, peak, repeats)
 
 
 def task_step_row(lm: LanguageModel, data_dir: str | None, prefix_cache: bool, peak: float, repeats: int) -> dict:
@@ -125,10 +207,8 @@ def task_step_row(lm: LanguageModel, data_dir: str | None, prefix_cache: bool, p
         prompt.grad = None
         task.loss(lm, prompt, batch).backward()
 
-    flops, seconds = counted(step), timed(step, repeats)
-    return {"what": f"task step ({'cached' if prefix_cache else 'plain'})", "L": 5, "B": 16, "tokens": "-",
-            "seconds": seconds, "gflop": flops / 1e9, "gflops_per_s": flops / seconds / 1e9,
-            "share": flops / seconds / peak}  # fmt: skip
+    what = f"task step ({'cached' if prefix_cache else 'plain'})"
+    return measured_row({"what": what, "L": 5, "B": 16, "tokens": "-"}, step, peak, repeats)
 
 
 def main() -> None:
@@ -139,6 +219,8 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--lengths", default="5,10,20", help="prompt lengths L")
     parser.add_argument("--batches", default="1,4,16,64", help="scorer batch sizes B")
+    parser.add_argument("--paths", default="plain,fast", help="scorer paths: plain (commit 801cefb), fast")
+    parser.add_argument("--scorer-only", action="store_true", help="skip the reference forward and the task step")
     parser.add_argument("--prefix-cache", action="store_true", help="time the task step on the cached path")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/)")
@@ -148,7 +230,9 @@ def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
     per_token = {str(length): config_flops_per_token(lm, (length + 2) / 2) for length in lengths}
+    paths = args.paths.split(",")
     threads = [int(t) for t in args.threads.split(",")]
+    print(f"load average (1, 5, 15 min) at the start: {os.getloadavg()}")
     peaks = {t: matmul_peak(t, args.matmul_size, args.repeats) for t in threads}
     print(f"model {args.model}: {per_token[str(lengths[0])]['weights'] / 1e6:.1f} M matmul weights per token")
     print("float32 matmul peak: " + ", ".join(f"{t} thread(s) {p / 1e9:.1f} GFLOP/s" for t, p in peaks.items()))
@@ -158,21 +242,25 @@ def main() -> None:
     rows = []
     for t in threads:
         torch.set_num_threads(t)
-        block = [reference_row(lm, peaks[t], args.repeats)]
-        block += scorer_rows(lm, lengths, batches, peaks[t], args.repeats)
-        block.append(task_step_row(lm, args.data_dir, args.prefix_cache, peaks[t], args.repeats))
+        block = [] if args.scorer_only else [reference_row(lm, peaks[t], args.repeats)]
+        block += scorer_rows(lm, lengths, batches, paths, args.matmul_size, peaks[t], args.repeats)
+        if not args.scorer_only:
+            block.append(task_step_row(lm, args.data_dir, args.prefix_cache, peaks[t], args.repeats))
         for kind in ("scorer value", "scorer gradient"):
-            for length in lengths:
-                same = [r for r in block if r["what"] == kind and r["L"] == length]
-                max(same, key=lambda r: r["share"])["best"] = "*"
+            for path in paths:
+                for length in lengths:
+                    same = [r for r in block if r["what"] == kind and r["path"] == path and r["L"] == length]
+                    max(same, key=lambda r: r["share"])["best"] = "*"
         rows += [{**r, "threads": t} for r in block]
         print(f"threads {t}, peak {peaks[t] / 1e9:.1f} GFLOP/s", flush=True)
-    columns = ["threads", "what", "L", "B", "tokens", "seconds", "gflop", "gflops_per_s", "share", "best"]
+    columns = ["threads", "what", "path", "L", "B", "tokens", "seconds", "gflop", "gflop_run", "gflops_per_s",
+               "peak_row", "share", "share_global", "load", "speedup", "best"]  # fmt: skip
     print(render(rows, columns))
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     # The config count vs torch's for the reference forward (no padding, context 16.5 on average).
     reference = config_flops_per_token(lm, 33 / 2)["total"] * 512 / 1e9
-    counted_reference = rows[0]["gflop"]
-    print(f"reference forward: config count {reference:.2f} GFLOP, torch count {counted_reference:.2f} GFLOP")
+    if not args.scorer_only:
+        print(f"reference forward: config count {reference:.2f} GFLOP, torch count {rows[0]['gflop']:.2f} GFLOP")
     record = {
         "args": vars(args) | {"out": str(args.out)},
         "matmul_peak_flops": {str(t): p for t, p in peaks.items()},
