@@ -24,7 +24,7 @@ from scrutable.metrics.faithfulness import OutputDifferential, output_differenti
 from scrutable.metrics.perplexity import Scorer, score_request
 from scrutable.metrics.unembed import Distance, Unembedding, nearest_tokens
 from scrutable.models import LanguageModel
-from scrutable.tasks.base import Split, Task, subset
+from scrutable.tasks.base import Split, Task, evaluate_prompts, subset
 
 
 @dataclass(frozen=True)
@@ -170,12 +170,12 @@ def build_card(
         unembedded = Unembedding(token_ids=token_ids, distances=torch.zeros(len(token_ids), device=embeddings.device))
     ids = unembedded.token_ids
     perplexity = scorer.submit_perplexity([score_request(ids.tolist(), lm, scorer.vocab_signature)])  # runs meanwhile
-    hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
-    if is_soft:
-        soft = task.evaluate(lm, prompt, split, limit=limit, batch_size=batch_size)
+    if is_soft:  # both prompts in one pass over the split: each input is encoded once for the two
+        soft, hard = evaluate_prompts(task, lm, [prompt, embeddings[ids]], split, limit=limit, batch_size=batch_size)
         probe = subset(task.examples(split), output_examples)
         output = output_differential(task, lm, prompt, ids, probe)
-    else:
+    else:  # the prompt is its own unembedding: evaluated once
+        hard = task.evaluate(lm, embeddings[ids], split, limit=limit, batch_size=batch_size)
         soft, output = hard, OutputDifferential(mse=0.0, mse_verbalizer=0.0, top1_agreement=1.0)
     ppl = perplexity.result()[0]
     tokenizer = lm.tokenizer

@@ -4,6 +4,10 @@ A task owns its data splits and knows where the prompt goes in a model input. Pr
 arrive as embeddings, (L, D) or a batch (P, L, D); hard prompts are passed as the
 embeddings of their tokens (`LanguageModel.embedding_matrix[ids]`), so one code path
 serves soft prompts, PEZ projections and RLPrompt samples.
+
+`evaluate_prompts(task, lm, prompts, split)` evaluates several prompts: in one pass over each
+batch where the task can (`EvaluatesTogether`, the classification tasks), one by one where it
+cannot (Yelp's generation).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -75,6 +79,39 @@ class Task(Protocol):
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
         """RLPrompt's reward for P hard prompts (P, L) on a batch, all scored at once."""
         ...
+
+
+@runtime_checkable
+class EvaluatesTogether(Protocol):
+    """A task that scores several prompts in one pass over each batch of a split."""
+
+    def evaluate_prompts(
+        self,
+        lm: LanguageModel,
+        prompts: Sequence[torch.Tensor],
+        split: Split | str,
+        *,
+        limit: int | None = None,
+        batch_size: int = 16,
+    ) -> list[Evaluated]:
+        """`Task.evaluate` of each prompt (L, D), in order."""
+        ...
+
+
+def evaluate_prompts(
+    task: Task,
+    lm: LanguageModel,
+    prompts: Sequence[torch.Tensor],
+    split: Split | str,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> list[Evaluated]:
+    """`task.evaluate` of each prompt (L, D), in order: together where the task can, else
+    one by one. The results are the same either way (to float error)."""
+    if isinstance(task, EvaluatesTogether):
+        return task.evaluate_prompts(lm, prompts, split, limit=limit, batch_size=batch_size)
+    return [task.evaluate(lm, prompt, split, limit=limit, batch_size=batch_size) for prompt in prompts]
 
 
 def sample_batch(examples: Sequence[Any], batch_size: int, generator: torch.Generator) -> list[Any]:

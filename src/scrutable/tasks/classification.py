@@ -10,7 +10,10 @@ by 180 when not (Deng et al. 2022, `PromptedClassificationReward`).
 With a causal LM and the input before the prompt (SST-2), `output_logits` encodes each
 input once and runs only the prompt positions over its keys and values
 (`tasks/prefix_cache.py`): the few-shot pools are encoded once per task, other splits per
-evaluation batch. `prefix_cache=False` keeps the plain path (the two agree to float error).
+evaluation batch, in batches of similar length, kept across evaluations (and tasks) up to
+a memory budget. `evaluate_prompts` scores several prompts in one pass over each
+batch (the card's prompt and its unembedded tokens), so each input is encoded once for all of
+them. `prefix_cache=False` keeps the plain path (the two agree to float error).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
 from scrutable.tasks.inputs import splice_prompt, token_ids
-from scrutable.tasks.prefix_cache import PrefixPools, can_reuse, encode_prefixes, head_logits, run_on_prefixes
+from scrutable.tasks.prefix_cache import (
+    BatchEncodings,
+    PrefixPools,
+    can_reuse,
+    encode_prefixes,
+    head_logits,
+    run_on_prefixes,
+    shared_batch_encodings,
+)
 
 GAP_CORRECT_COEFF = 200.0
 GAP_INCORRECT_COEFF = 180.0
@@ -56,6 +67,8 @@ class ClassificationTask:
     _prefixes: PrefixPools = field(default_factory=PrefixPools, repr=False)
     # The evaluated samples of non-test splits (`subset(split, limit)`), kept as cache pools.
     _evaluated: dict[str, list[LabeledExample]] = field(default_factory=dict, repr=False)
+    # Encoded evaluation batches of other splits (test), kept within a budget; the process's.
+    kept_batches: BatchEncodings = field(default_factory=shared_batch_encodings, repr=False)
 
     def examples(self, split: Split | str) -> list[LabeledExample]:
         key = Split(split)
@@ -108,12 +121,17 @@ class ClassificationTask:
         before = [p[0] for p in parts]
         if not (self.prefix_cache and can_reuse(lm, before)):
             return None
+        if prompt_embeds.shape[-2] == 0 and not any(p[1] for p in parts):
+            return None  # an empty prompt and no suffix: nothing to run over the cache
         num_prompts = 1 if prompt_embeds.dim() == 2 else prompt_embeds.shape[0]
         pools = {split.value: self._cache[split] for split in (Split.TRAIN, Split.DEV) if split in self._cache}
         pools.update(self._evaluated)
         prefixes = self._prefixes.lookup(lm, batch, pools, lambda example: self.formatter(example, lm)[0])
-        if prefixes is None:  # not from a kept pool (test, a large dev pool): encode this batch once
-            prefixes = encode_prefixes(lm, before)
+        if prefixes is None:  # not from a kept pool (test, a large dev pool): a kept batch, or encode it
+            prefixes = self.kept_batches.get(lm, before)
+            if prefixes is None:
+                prefixes = encode_prefixes(lm, before)
+                self.kept_batches.put(lm, before, prefixes)
         hidden = run_on_prefixes(lm, prefixes, [p[1] for p in parts], prompt_embeds)  # (P*B, D)
         return hidden.reshape(num_prompts, len(batch), -1)
 
@@ -133,18 +151,44 @@ class ClassificationTask:
     ) -> Evaluated:
         """Accuracy, and as the objective the mean log-probability of the correct verbalizer
         (softmax over the verbalizers: minus the cross-entropy the prompt is trained on)."""
+        return self.evaluate_prompts(lm, [prompt_embeds], split, limit=limit, batch_size=batch_size)[0]
+
+    @torch.no_grad()
+    def evaluate_prompts(
+        self,
+        lm: LanguageModel,
+        prompts: Sequence[torch.Tensor] | torch.Tensor,
+        split: Split | str,
+        *,
+        limit: int | None = None,
+        batch_size: int = 16,
+    ) -> list[Evaluated]:
+        """`evaluate` for several prompts, each (L, D) (or a stack (P, L, D)): one result per
+        prompt, in order. Prompts of one length are scored in one pass over each batch, so on
+        the prefix cache each input is encoded once for all of them."""
         examples = subset(self.examples(split), limit)
         if not examples:
             raise UserError(f"split {split} of task {self.name} is empty")
         if Split(split) is not Split.TEST:  # a fixed sample of a large dev pool is evaluated again and again
             self._evaluated.setdefault(f"{Split(split).value}:{limit}", examples)
-        correct, log_prob = 0, 0.0
+        self.kept_batches.start_pass()
+        by_length: dict[int, list[int]] = {}  # prompt length -> positions in `prompts`
+        for index, prompt in enumerate(prompts):
+            by_length.setdefault(prompt.shape[0], []).append(index)
+        stacks = {length: _stack([prompts[i] for i in indices]) for length, indices in by_length.items()}
+        correct, log_prob = [0] * len(prompts), [0.0] * len(prompts)
         for batch in self._batches(lm, examples, batch_size):
-            logits = self.output_logits(lm, prompt_embeds, batch)[0]  # (B, C)
-            labels = _labels(batch, logits.device)
-            correct += int((logits.argmax(-1) == labels).sum())
-            log_prob += float(F.log_softmax(logits.float(), -1).gather(-1, labels.unsqueeze(-1)).sum())
-        return Evaluated(metric=correct / len(examples), objective=log_prob / len(examples))
+            for length, indices in by_length.items():
+                logits = self.output_logits(lm, stacks[length], batch)  # (P, B, C)
+                labels = _labels(batch, logits.device)
+                for row, index in enumerate(indices):
+                    correct[index] += int((logits[row].argmax(-1) == labels).sum())
+                    chosen = F.log_softmax(logits[row].float(), -1).gather(-1, labels.unsqueeze(-1))
+                    log_prob[index] += float(chosen.sum())
+        return [
+            Evaluated(metric=hits / len(examples), objective=total / len(examples))
+            for hits, total in zip(correct, log_prob, strict=True)
+        ]
 
     def _batches(
         self, lm: LanguageModel, examples: list[LabeledExample], batch_size: int
@@ -159,6 +203,11 @@ class ClassificationTask:
         """Memory held by the kept input encodings (the few-shot pools), over all models."""
         return self._prefixes.nbytes()
 
+    def evaluation_batches_bytes(self) -> int:
+        """Memory held by the encoded evaluation batches kept across evaluations, over all
+        models (and, with the shared `kept_batches`, over all tasks of this process)."""
+        return self.kept_batches.nbytes()
+
     @torch.no_grad()
     def reward(self, lm: LanguageModel, prompt_ids: torch.Tensor, batch: Sequence[Any]) -> RewardResult:
         prompt_embeds = lm.embedding_matrix[prompt_ids]  # (P, L, D)
@@ -170,6 +219,16 @@ class ClassificationTask:
         correct = gap > 0
         coeff = torch.where(correct, GAP_CORRECT_COEFF, GAP_INCORRECT_COEFF)
         return RewardResult(rewards=(gap * coeff).mean(-1), metric=correct.float().mean(-1))
+
+
+def _stack(prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(P, L, D) from P prompts (L, D) of one length, in their common dtype on the first one's
+    device (a float32 soft prompt next to bfloat16 token embeddings: both are cast to the
+    model's dtype where they enter it, the tokens' rows unchanged)."""
+    dtype = prompts[0].dtype
+    for prompt in prompts[1:]:
+        dtype = torch.promote_types(dtype, prompt.dtype)
+    return torch.stack([prompt.detach().to(device=prompts[0].device, dtype=dtype) for prompt in prompts])
 
 
 def _labels(batch: Sequence[LabeledExample], device: torch.device | None = None) -> torch.Tensor:

@@ -25,7 +25,15 @@ Not used where it cannot be exact or cannot help:
 
 `PrefixPools` keeps the encodings of the small fixed pools (the few-shot train and dev
 splits) for the task's lifetime, keyed by example, so a random training batch gathers its
-rows; larger splits (test) are encoded per evaluation batch.
+rows. Larger splits (test) are encoded per evaluation batch, and `BatchEncodings` keeps those
+batches across evaluations within a memory budget (`EVALUATION_CACHE_BYTES`, 1 GiB per
+process: SmolLM2-135M takes 45 KiB per token in float32, so about half of the tokens of
+SST-2's 1,821 test sentences, the batches evaluated first; tiny models keep all of it). The
+kept batches are the process's (`shared_batch_encodings`), not one task's: the trials a Ray
+worker runs one after another (the sweep reuses actors) share the task model
+(`trainables.common.cached_model`) and the test split, so a trial's final test reuses what
+the trials before it encoded. Several prompts evaluated together share one encoding of each
+batch (`run_on_prefixes` takes (P, L, D)).
 
     prefixes = encode_prefixes(lm, [token_ids(lm, s) for s in sentences])
     hidden = run_on_prefixes(lm, prefixes, [[] for _ in sentences], prompt_embeds)  # (P*B, D)
@@ -34,6 +42,7 @@ rows; larger splits (test) are encoded per evaluation batch.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +56,10 @@ from scrutable.models import LanguageModel, ModelKind
 # Pools up to this many examples are encoded whole and kept (SST-2 few-shot: 32 each; BoolQ:
 # 32 / 50); a larger split is encoded batch by batch as it is used.
 MAX_POOL_EXAMPLES = 512
+# Bytes of encoded evaluation batches a process keeps across evaluations (`BatchEncodings`).
+# 1 GiB: a few trial workers of SmolLM2 share a 24 GiB machine with the scorer; the whole SST-2
+# test split would take ~1.9 GiB for SmolLM2-135M in float32, so about half of it is kept.
+EVALUATION_CACHE_BYTES = 1 << 30
 ENCODE_CHUNK = 64  # rows per forward pass when encoding, to bound activation memory
 
 
@@ -219,3 +232,82 @@ class PrefixPools:
     def nbytes(self) -> int:
         """Memory the kept encodings take, over all models."""
         return sum(encoded.nbytes for held in self._encoded.values() for encoded in held.values())
+
+
+@dataclass
+class _Kept:
+    prefixes: EncodedPrefixes
+    last_used: int  # a tick of `BatchEncodings._clock`: least recently used goes first
+    last_pass: int  # the evaluation pass that last used it
+
+
+class BatchEncodings:
+    """Encoded evaluation batches kept across evaluations, at most `max_bytes` in all models.
+
+    Keyed by the batch's token ids before the prompt (what `encode_prefixes` read), per
+    model. When full, the least recently used batch goes first, but never one that the
+    current pass (`start_pass`: one evaluation) put or used: a split larger than the budget
+    then keeps its first batches for the next evaluation instead of cycling through the
+    cache and keeping none of them, which is what plain LRU does on a repeated scan. The
+    latest batch put is held whatever the budget until the next one comes, so that prompts of
+    different lengths evaluated over one batch share its encoding."""
+
+    def __init__(self, max_bytes: int = EVALUATION_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._held: weakref.WeakKeyDictionary[LanguageModel, dict[tuple[tuple[int, ...], ...], _Kept]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._clock = itertools.count()
+        self._pass = 0
+        self._latest: tuple[weakref.ref[LanguageModel], tuple[tuple[int, ...], ...], EncodedPrefixes] | None = None
+
+    def start_pass(self) -> None:
+        """A new evaluation begins: batches of earlier ones may be evicted for its batches."""
+        self._pass += 1
+        self._latest = None
+
+    def get(self, lm: LanguageModel, before: Sequence[Sequence[int]]) -> EncodedPrefixes | None:
+        key = _batch_key(before)
+        kept = self._held.get(lm, {}).get(key)
+        if kept is None:
+            if self._latest is not None and self._latest[0]() is lm and self._latest[1] == key:
+                return self._latest[2]
+            return None
+        kept.last_used, kept.last_pass = next(self._clock), self._pass
+        return kept.prefixes
+
+    def put(self, lm: LanguageModel, before: Sequence[Sequence[int]], prefixes: EncodedPrefixes) -> None:
+        """Keep `prefixes` if they fit, evicting batches of earlier passes if need be."""
+        self._latest = (weakref.ref(lm), _batch_key(before), prefixes)
+        size = prefixes.nbytes
+        while self.nbytes() + size > self.max_bytes:
+            older = [
+                (kept.last_used, held, key)
+                for held in self._held.values()
+                for key, kept in held.items()
+                if kept.last_pass < self._pass
+            ]
+            if not older:
+                return  # full of this pass's batches: this one is encoded again next time
+            _, held, key = min(older, key=lambda found: found[0])
+            del held[key]
+        self._held.setdefault(lm, {})[_batch_key(before)] = _Kept(prefixes, next(self._clock), self._pass)
+
+    def nbytes(self) -> int:
+        return sum(kept.prefixes.nbytes for held in self._held.values() for kept in held.values())
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self._held.values())
+
+
+def _batch_key(before: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(ids) for ids in before)
+
+
+_SHARED = BatchEncodings()
+
+
+def shared_batch_encodings() -> BatchEncodings:
+    """The process's kept evaluation batches, `EVALUATION_CACHE_BYTES` at most (the module
+    docstring says why one per process)."""
+    return _SHARED
