@@ -11,7 +11,7 @@ input run in full with the prompt (`ClassificationTask.evaluate`). Fast path:
 `ClassificationTask.evaluate_prompts` on the prefix cache (`tasks/prefix_cache.py`):
 length-sorted batches of 16, each input encoded once for all prompts and only the prompt
 positions run per prompt, encoded batches kept across evaluations and tasks up to the
-process's budget (`EVALUATION_CACHE_BYTES`, 1 GiB). Rows, for each number of SST-2 test
+process's budget (`EVALUATION_CACHE_BYTES`, 2 GiB). Rows, for each number of SST-2 test
 sentences:
 
 - one prompt, first evaluation (nothing kept): a PEZ or RLPrompt trial's final test, the

@@ -26,10 +26,10 @@ Not used where it cannot be exact or cannot help:
 `PrefixPools` keeps the encodings of the small fixed pools (the few-shot train and dev
 splits) for the task's lifetime, keyed by example, so a random training batch gathers its
 rows. Larger splits (test) are encoded per evaluation batch, and `BatchEncodings` keeps those
-batches across evaluations within a memory budget (`EVALUATION_CACHE_BYTES`, 1 GiB per
-process: SmolLM2-135M takes 45 KiB per token in float32, so about half of the tokens of
-SST-2's 1,821 test sentences, the batches evaluated first; tiny models keep all of it). The
-kept batches are the process's (`shared_batch_encodings`), not one task's: the trials a Ray
+batches across evaluations within a memory budget (`EVALUATION_CACHE_BYTES`, 2 GiB per
+process: SmolLM2-135M takes 45 KiB per token in float32, so SST-2's whole test split, 1,821
+sentences in 43k tokens, takes 1.85 GiB; a larger model keeps the batches evaluated first,
+as many as fit). The kept batches are the process's (`shared_batch_encodings`), not one task's: the trials a Ray
 worker runs one after another (the sweep reuses actors) share the task model
 (`trainables.common.cached_model`) and the test split, so a trial's final test reuses what
 the trials before it encoded. Several prompts evaluated together share one encoding of each
@@ -57,9 +57,10 @@ from scrutable.models import LanguageModel, ModelKind
 # 32 / 50); a larger split is encoded batch by batch as it is used.
 MAX_POOL_EXAMPLES = 512
 # Bytes of encoded evaluation batches a process keeps across evaluations (`BatchEncodings`).
-# 1 GiB: a few trial workers of SmolLM2 share a 24 GiB machine with the scorer; the whole SST-2
-# test split would take ~1.9 GiB for SmolLM2-135M in float32, so about half of it is kept.
-EVALUATION_CACHE_BYTES = 1 << 30
+# 2 GiB: SmolLM2-135M's encoding of the whole SST-2 test split in float32 (1.85 GiB), so every
+# trial after the first on a worker runs only the prompt positions of its final test; two or
+# three trial workers of SmolLM2 and the scorer still fit a 24 GiB machine.
+EVALUATION_CACHE_BYTES = 2 << 30
 ENCODE_CHUNK = 64  # rows per forward pass when encoding, to bound activation memory
 
 
