@@ -232,6 +232,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     finally:
         import ray
 
+        from scrutable.sweep.timing import mark
+
+        mark("ray shutdown")  # Ray stops its processes one kind at a time, each given a second
         ray.shutdown()
     if args.json:
         print(json.dumps(finite_json(summary), indent=2, default=str, allow_nan=False))

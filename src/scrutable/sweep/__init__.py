@@ -14,7 +14,8 @@ The modules, in the order a sweep uses them (`launcher.run_sweep` is the recipe)
     the search      searcher.py (Optuna behind Tune), trainable.py (each trial),
                     scorer_actor.py (the shared perplexity model)
     while it runs   progress.py (the live table), terminal.py (80 columns, one clock),
-                    tune_log.py (Tune's warnings)
+                    tune_log.py (Tune's warnings), timing.py (start-up marks for
+                    benchmarks/startup.py)
     the results     results.py (Tune's files as `TrialRecord`s), frontier.py + pareto.py
                     (the frontier, hypervolume), plots_view.py + plots.py + plots_html.py,
                     ui.py (`scrutable ui`)

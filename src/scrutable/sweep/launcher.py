@@ -3,13 +3,20 @@
 `run_sweep` is the recipe, one named step per line:
 
     check_before_start  the folder, storage kind, tracking server; on resume, what may change
-    start_ray_for       local (127.0.0.1 only) or a cluster (`ray_start.py`); then spec.yaml
-    open_tracking       MLflow store, parent run, saved views (`tracking.py`)
-    start_scorer        the shared perplexity actor (`scorer_actor.py`)
+    start_ray_for       local (127.0.0.1 only) or a cluster (`ray_start.py`), the folder and
+                        spec.yaml, and (`open_tracking`, in the background) MLflow's store,
+                        parent run and saved views (`tracking_store.py`)
+    start_scorer        the shared perplexity actor (`scorer_actor.py`), loading in the background
     make_callbacks      MLflow, the live table, the folder's signature, the bucket upload
     fit                 Tune runs the method's trainable under `OptunaSearch` (`searcher.py`)
     export              stop the actor, read the trials, repair MLflow, the Pareto files
     finish              close the parent run, print the summary and what to do next
+
+Start-up is what a short sweep mostly waits for, so the slow steps overlap: MLflow's store
+(an SQLite schema of some forty migrations) is set up while a local Ray starts, and the
+scorer's model loads in its actor while Optuna's study and the trials start; each trial
+waits for it only at its first score (`trainable.py`). `benchmarks/startup.py` times each
+step (`timing.mark`).
 
 The study (SQLite beside the results by default) has one direction per objective;
 `metric`/`mode` go to the searcher only, never to `TuneConfig`, which would silently
@@ -26,12 +33,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -40,9 +49,12 @@ from scrutable.sweep.folder import PARETO_DIR, SCORER_STATS, SPEC_FILE, TUNE_DIR
 from scrutable.sweep.ray_start import QUIET_ENV, _loopback_only, start_ray
 from scrutable.sweep.searcher import DUPLICATE_ATTR, make_search_alg, make_searcher
 from scrutable.sweep.spec import SweepSpec
+from scrutable.sweep.timing import mark
 
 if TYPE_CHECKING:
     from scrutable.sweep.frontier import ParetoSummary
+
+T = TypeVar("T")
 
 __all__ = ["DUPLICATE_ATTR", "QUIET_ENV", "_loopback_only", "make_searcher", "run_sweep", "start_ray"]
 
@@ -121,12 +133,12 @@ def run_sweep(
     run = Run(spec, resume, address, time.monotonic() if started is None else started)  # before Ray's start-up
     quiet_logs()
     check_before_start(run, trust_folder=trust_folder, shared_storage=shared_storage)
-    start_ray_for(run)
-    open_tracking(run)
-    actor = start_scorer(run)
+    tracking = start_ray_for(run)  # and the sweep folder; MLflow's store opens meanwhile
+    scorer = start_scorer(run)  # its model loads meanwhile
+    tracking.result()  # the experiment and parent run, before Tune's callbacks name them
     callbacks = make_callbacks(run)
     fit(run, callbacks)
-    summary, frontier = export(run, actor)
+    summary, frontier = export(run, scorer)
     finish(run, summary, frontier)
     return summary
 
@@ -176,10 +188,9 @@ def quiet_logs() -> None:
 
 def check_before_start(run: Run, *, trust_folder: bool, shared_storage: bool) -> None:
     """Everything that can be refused before anything is written or Ray starts."""
-    from ray import tune
-
-    from scrutable.sweep import cluster, storage, tracking, trust
+    from scrutable.sweep import cluster, storage, trust
     from scrutable.sweep import resume as resuming
+    from scrutable.sweep.tracking_store import check_reachable  # not tracking.py: it imports ray.tune
 
     spec, folder, location = run.spec, run.folder, run.location
     storage.check_ray_client(cluster.resolve_address(run.address), spec.storage, spec.tracking.uri, spec.optuna_storage)
@@ -187,63 +198,135 @@ def check_before_start(run: Run, *, trust_folder: bool, shared_storage: bool) ->
     check_storage(folder)
     storage.check_writable(spec.storage)
     if run.resume:
+        from ray import tune  # seconds to import: only where a state is read
+
         if not tune.Tuner.can_restore(location):
             raise UserError(f"nothing to resume in {location}: run the sweep without --resume")
         resuming.check_compatible(resuming.stored_spec(folder), spec, folder)  # before spec.yaml changes
         resuming.check_stores(folder, spec)  # mlflow.db / optuna.db: readable, locations inside the folder
         if run.local and not trust_folder:
             trust.verify(run.tune_dir)  # before Ray unpickles anything from the folder
-    elif tune.Tuner.can_restore(location) if not run.local else Path(location).exists():
+    elif Path(location).exists() if run.local else _can_restore(location):
         raise UserError(
             f"{location} already holds sweep '{spec.name}': pass --resume to finish it, or --out NEW_FOLDER "
             "to start another"
         )
     if spec.tracking.uri:  # a server: check it answers before creating anything on disk
-        tracking.check_reachable(run.uri)
+        check_reachable(run.uri)
 
 
-def start_ray_for(run: Run) -> None:
-    """Ray (local or a cluster), then the sweep folder with its spec, written whole."""
-    from scrutable.paths import write_atomically
+def _can_restore(location: str) -> bool:
+    from ray import tune
+
+    return bool(tune.Tuner.can_restore(location))
+
+
+def start_ray_for(run: Run) -> Future[None]:
+    """Ray (local or a cluster), the sweep folder with its spec (written whole), and MLflow's
+    store opened in a background thread (`open_tracking`; the future says when it is done).
+
+    A local Ray is one node, this machine, whose folder it is: the folder is written and
+    the store opens while Ray starts (seconds each). On a cluster, only once Ray has
+    confirmed that every node sees the storage."""
     from scrutable.sweep import storage
 
     ray_address = run.address or os.environ.get("RAY_ADDRESS")
     run.say(f"starting Ray ({'local, 127.0.0.1 only' if not ray_address else 'cluster at ' + ray_address})")
-    start_ray(run.spec, run.address)
-    storage.check_shared(run.spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
+    if not ray_address:
+        tracking = write_folder_and_open_tracking(run)
+        start_ray(run.spec, run.address)
+    else:
+        start_ray(run.spec, run.address)
+        storage.check_shared(run.spec.storage)  # a node-local path on a multi-node cluster: refused, nothing written
+        tracking = write_folder_and_open_tracking(run)
+    mark("ray started")
+    return tracking
+
+
+def write_folder_and_open_tracking(run: Run) -> Future[None]:
+    from scrutable.paths import write_atomically
+
     run.folder.mkdir(parents=True, exist_ok=True)
     write_atomically(run.folder / SPEC_FILE, yaml.safe_dump(run.spec.to_dict(), sort_keys=False))  # never half
+    run.say(f"MLflow at {run.uri}")
+    return in_background(lambda: open_tracking(run), "mlflow")
+
+
+def in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """Run `work` in a daemon thread (never holding up an exit); its result or error in the future."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # for whoever waits for it
+            done.set_exception(exc)
+            return
+        done.set_result(result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
 
 
 def open_tracking(run: Run) -> None:
     """MLflow's experiment and parent run, with the sweep's parameters and saved views."""
-    from scrutable.sweep import tracking
+    from scrutable.sweep import tracking_store
 
     spec = run.spec
-    run.say(f"MLflow at {run.uri}")
-    run.experiment_id, run.parent_id = tracking.connect(run.uri, spec.tracking.experiment or spec.name, run.folder)
-    tracking.log_sweep_params(run.uri, run.parent_id, spec.to_dict())
-    tracking.save_views(run.uri, run.experiment_id, spec.metric_names, spec.directions, list(spec.search))
+    experiment = spec.tracking.experiment or spec.name
+    run.experiment_id, run.parent_id = tracking_store.connect(run.uri, experiment, run.folder)
+    tracking_store.log_sweep_params(run.uri, run.parent_id, spec.to_dict())
+    tracking_store.save_views(run.uri, run.experiment_id, spec.metric_names, spec.directions, list(spec.search))
+    mark("mlflow ready")
 
 
-def start_scorer(run: Run) -> Any:
-    """The one perplexity actor every trial shares."""
+def start_scorer(run: Run) -> Future[Any]:
+    """The one perplexity actor every trial shares, its model loading in the background.
+
+    Returns once the actor is registered under its name (milliseconds), so that a trial
+    started right after finds it; the future then holds its handle once the model is
+    loaded, or the error that stopped the loading (raised by `export`)."""
     from scrutable.sweep.scorer_actor import start_scorer as start_actor
 
     spec = run.spec
     gpu = f", {spec.scorer_resources.gpu:g} GPU" if spec.scorer_resources.gpu else ""
-    run.say(f"loading the scorer {spec.scorer} in the shared actor{gpu}")
-    return start_actor(
-        spec.name,
-        spec.scorer,
-        spec.fixed_config().get("data_dir"),
-        num_gpus=spec.scorer_resources.gpu,
-        num_cpus=spec.scorer_resources.cpu,
-        dtype=spec.scorer_resources.dtype,
-        max_batch=spec.scorer_resources.max_batch,
-        max_wait_ms=spec.scorer_resources.max_wait_ms,
-        stats_path=str(run.folder / SCORER_STATS),  # the counts survive actor restarts and --resume
-    )
+    run.say(f"loading the scorer {spec.scorer} in the shared actor{gpu}, while the rest starts")
+
+    def load() -> Any:
+        handle = start_actor(  # returns once the actor has loaded the model
+            spec.name,
+            spec.scorer,
+            spec.fixed_config().get("data_dir"),
+            num_gpus=spec.scorer_resources.gpu,
+            num_cpus=spec.scorer_resources.cpu,
+            dtype=spec.scorer_resources.dtype,
+            max_batch=spec.scorer_resources.max_batch,
+            max_wait_ms=spec.scorer_resources.max_wait_ms,
+            stats_path=str(run.folder / SCORER_STATS),  # the counts survive actor restarts and --resume
+        )
+        mark("scorer loaded")
+        return handle
+
+    loading = in_background(load, "scorer")
+    _until_registered(spec.name, loading)
+    return loading
+
+
+def _until_registered(sweep_name: str, loading: Future[Any]) -> None:
+    """Wait until the scorer actor can be looked up by name, or its start failed (raised here)."""
+    import ray
+
+    from scrutable.sweep.scorer_actor import NAMESPACE, actor_name
+
+    while True:
+        try:
+            ray.get_actor(actor_name(sweep_name), namespace=NAMESPACE)
+            return
+        except ValueError:  # not registered yet
+            if loading.done():
+                loading.result()  # the error that stopped it
+                return
+            time.sleep(0.01)
 
 
 def make_callbacks(run: Run) -> list[Any]:
@@ -289,6 +372,7 @@ def fit(run: Run, callbacks: list[Any]) -> None:
     tracking = (run.uri, run.experiment_id)
     with tune_log(run.folder, resume=run.resume):  # Tuner.restore reads the state here too
         tuner = build_tuner(spec, run.folder, run.location, wrapped, callbacks, tracking, resume=run.resume)
+    mark("tuner built")
     try:
         with sigterm_as_interrupt(), tune_log(run.folder, resume=run.resume):
             tuner.fit()
@@ -298,7 +382,7 @@ def fit(run: Run, callbacks: list[Any]) -> None:
             trust.sign(run.tune_dir)
 
 
-def export(run: Run, actor: Any) -> tuple[dict[str, Any], ParetoSummary]:
+def export(run: Run, scorer: Future[Any]) -> tuple[dict[str, Any], ParetoSummary]:
     """Stop the actor, read every trial back, repair MLflow from them, write the Pareto files."""
     import ray
 
@@ -307,6 +391,7 @@ def export(run: Run, actor: Any) -> tuple[dict[str, Any], ParetoSummary]:
     from scrutable.sweep.results import collect_trials
 
     spec, folder = run.spec, run.folder
+    actor = scorer.result()  # loaded long ago, unless its loading failed: that error, here
     stats = ray.get(actor.batch_stats.remote())
     ray.kill(actor, no_restart=True)
     run.elapsed = elapsed = time.monotonic() - run.started

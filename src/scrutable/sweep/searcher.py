@@ -21,6 +21,7 @@ from scrutable.metrics import keys
 from scrutable.sweep.folder import optuna_uri
 from scrutable.sweep.pareto import directions_of
 from scrutable.sweep.spec import Sampler, SweepSpec
+from scrutable.sweep.timing import mark
 
 TUNE_TRIAL_ATTR = "tune_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
@@ -82,6 +83,7 @@ def make_searcher(spec: SweepSpec, folder: Path, tracking: tuple[str, str] | Non
     searcher.search_space = space
     searcher.sweep_seed = spec.seed
     searcher.pending_baselines = baselines
+    mark("optuna study ready")
     return searcher
 
 
