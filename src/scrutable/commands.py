@@ -236,6 +236,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 
         mark("ray shutdown")  # Ray stops its processes one kind at a time, each given a second
         ray.shutdown()
+        mark("ray shut down")  # the rest, to the command's exit, is the interpreter's
     if args.json:
         print(json.dumps(finite_json(summary), indent=2, default=str, allow_nan=False))
     if summary["interrupted"]:
