@@ -43,7 +43,6 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scrutable.models import LanguageModel
 
@@ -149,8 +148,19 @@ def _head(lm: LanguageModel) -> tuple[torch.Tensor, torch.Tensor | None]:
 # Positions whose (rows, V) logits are made at once. The head's weight (49,152 x 576 floats,
 # 113 MB) is streamed from memory once per chunk, so small chunks starve the matmul (64 rows
 # reached 0.58-0.66 of this CPU's matmul peak, 256 rows 0.67-0.84); 256 x 49,152 float32
-# logits are 50 MB, which bounds the memory whatever N x L.
+# logits are 50 MB, which bounds the memory whatever N x L. The chunk buffers are allocated
+# once per call and reused: a fresh 50 MB tensor per chunk comes from mmap and is paid again
+# in page faults (a (256, V) log_softmax took 170 ms that way, 30 ms in a warm buffer).
 HEAD_CHUNK = 256
+
+
+def _logits_into(
+    out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(c, V) head logits of (c, D) hidden states, written into `out` (no allocation)."""
+    if bias is None:
+        return torch.mm(hidden, weight.T, out=out)
+    return torch.addmm(bias, hidden, weight.T, out=out)
 
 
 def _target_nll(lm: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -158,9 +168,10 @@ def _target_nll(lm: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) 
     target's logit, in place in each chunk's logits (no (M, V) log-probabilities)."""
     weight, bias = _head(lm)
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    buffer = hidden.new_empty(min(HEAD_CHUNK, len(targets)), len(weight))  # (c, V)
     for start in range(0, len(targets), HEAD_CHUNK):
         rows = slice(start, start + HEAD_CHUNK)
-        logits = F.linear(hidden[rows], weight, bias).float()  # (c, V)
+        logits = _logits_into(buffer[: len(targets[rows])], hidden[rows], weight, bias).float()  # (c, V)
         top = logits.amax(-1, keepdim=True)  # (c, 1) for a stable exp
         target = logits.gather(1, targets[rows, None])[:, 0] - top[:, 0]
         log_sum = logits.sub_(top).exp_().sum(-1).log_()  # logsumexp - top, overwriting the logits
@@ -253,15 +264,20 @@ def onehot_gradients(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> l
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     d_hidden = torch.empty_like(hidden)  # (M, D)
     flat = hidden.detach()
+    logits_buffer = flat.new_empty(min(HEAD_CHUNK, len(targets)), lm.vocab_size)  # (c, V) reused
+    probs_buffer = torch.empty_like(logits_buffer, dtype=torch.float32)
     with torch.no_grad():
         for start in range(0, len(targets), HEAD_CHUNK):
             chunk = slice(start, start + HEAD_CHUNK)
-            index = torch.arange(len(targets[chunk]), device=targets.device)
-            logits = F.linear(flat[chunk], weight, bias).float()  # (c, V)
-            log_probs = F.log_softmax(logits, dim=-1)  # (c, V) an output here: the target path
-            del logits
+            size = len(targets[chunk])
+            index = torch.arange(size, device=targets.device)
+            logits = _logits_into(logits_buffer[:size], flat[chunk], weight, bias).float()  # (c, V)
+            logits.sub_(logits.amax(-1, keepdim=True))  # stable exp
+            probs = torch.exp(logits, out=probs_buffer[:size])
+            total = probs.sum(-1, keepdim=True)  # (c, 1)
+            log_probs = logits.sub_(total.log())  # in place: the log-softmax, an output (target path)
             nll[chunk] = -log_probs[index, targets[chunk]]
-            d_logits = log_probs.exp().mul_(w[chunk, None])  # w (softmax - onehot(target))
+            d_logits = probs.mul_(w[chunk, None] / total)  # w (softmax - onehot(target))
             d_logits[index, targets[chunk]] -= w[chunk]
             d_hidden[chunk] = d_logits.to(weight.dtype) @ weight
             torch.mul(log_probs, -w[chunk, None], out=grad[chunk])  # the target path
