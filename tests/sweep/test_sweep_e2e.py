@@ -61,7 +61,8 @@ def test_quickstart_smoke_sweep_end_to_end(tmp_path):
     assert len(rows) == len(configs) == 6  # nothing ran twice
     assert sorted((a, length) for a, length, _ in configs if a == 0) == [(0.0, 3), (0.0, 6)]
     alphas = sorted(a for a, _, _ in configs if a > 0)
-    assert alphas[0] < 0.1 and alphas[-1] > 10 and any(0.3 < a < 3 for a in alphas)
+    # One per quarter of log10 alpha over [0.1, 30]: below 0.42, 0.42-1.7, 1.7-7.2, above 7.2.
+    assert alphas[0] < 0.42 and alphas[-1] > 7.2 and any(0.41 < a < 7.3 for a in alphas[1:-1])
 
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
