@@ -356,7 +356,7 @@ def stop(server: subprocess.Popen) -> None:
 
 def test_mlflow_server_down_for_a_while_loses_nothing(tmp_path):
     started = time.monotonic()
-    steps = 8
+    steps = 32  # the sweep outlasts the outage: a reused worker starts the second trial at once
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = mlflow_server(tmp_path, port)

@@ -105,6 +105,10 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             search_alg=make_search_alg(spec, folder, location, tracking),  # limits concurrency itself
             num_samples=spec.trials,
+            # A finished trial's worker runs the next one: its process, imports, frozen models
+            # (`trainables.common.cached_model`) and kept test encodings are already there.
+            # Every trial builds its own config, generator, prompt and optimizer.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
