@@ -63,7 +63,7 @@ def test_parent_run_holds_config_frontier_and_files(sweep):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs table, not GenAI
     params = parent.data.params
     assert params["method"] == "pez" and params["sampler"] == "tpe" and params["trials"] == "2"
-    assert params["search.alpha.low"] == "0.03" and params["training.steps"] == str(STEPS)
+    assert params["search.alpha.low"] == "0.1" and params["training.steps"] == str(STEPS)
     frontier = json.loads((sweep / "pareto" / "pareto.json").read_text())
     assert parent.data.metrics[keys.PARETO_FRONTIER_SIZE] == len(frontier["frontier"]) >= 1
     assert parent.data.metrics[keys.PARETO_HYPERVOLUME] == pytest.approx(frontier["hypervolume"])

@@ -110,7 +110,7 @@ def test_every_record_of_a_trial_describes_the_same_prompt_and_values(tmp_path):
     run_sweep(spec)
     folder = tmp_path / "quickstart"
     rows = {row["trial_id"]: row for row in csv.DictReader((folder / "pareto" / "trials.csv").open())}
-    assert sorted(float(row["alpha"]) for row in rows.values()) == [0.0, 0.03, 30.0]  # 0, low, high
+    assert sorted(float(row["alpha"]) for row in rows.values()) == [0.0, 0.1, 30.0]  # 0, low, high
     tune_params = {
         json.loads((path.parent / "result.json").read_text().splitlines()[-1])["trial_id"]: json.loads(path.read_text())
         for path in folder.glob("tune/*/params.json")
