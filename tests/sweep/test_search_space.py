@@ -137,7 +137,8 @@ def test_quickstart_runs_baselines_then_a_spread_with_distinct_configs_and_seeds
     rows = list(configs.values())
     assert [(c["alpha"], c["prompt_length"]) for c in rows[:2]] == [(0.0, 3), (0.0, 6)]  # enqueued first
     alphas = sorted(c["alpha"] for c in rows[2:])
-    assert alphas[0] < 0.1 and alphas[-1] > 10 and any(0.3 < a < 3 for a in alphas)
+    # One per quarter of log10 alpha over the quickstart's [0.1, 30]: below 0.42, above 7.2, two between.
+    assert alphas[0] < 0.42 and alphas[-1] > 7.2 and all(0.41 < a < 7.3 for a in alphas[1:-1])
     assert len({(c["alpha"], c["prompt_length"], c["seed"]) for c in rows}) == 6
     assert [c["seed"] for c in rows] == [trial_seed(spec.seed, i) for i in range(6)]  # distinct inits
 
