@@ -153,3 +153,29 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield client
     finally:
         server.stop()
+
+
+def evaluation_steps(rows: list[dict[str, Any]], trial: str) -> list[int]:
+    """The distinct `train/step`s of a trial's result.json rows, checked as a resume must leave them.
+
+    A kill that lands between a trial's report and Tune's registration of that report's
+    checkpoint (a save round trip to the trial's actor) restarts the trial from the checkpoint
+    before it, so that one evaluation is reported again (CI saw 1, 2, 2, 3, 4). That replay
+    must be the same evaluation: the same prompt, the same objective. Nothing else may repeat,
+    and steps never go back."""
+    steps: list[int] = []
+    seen: dict[int, tuple[str, float]] = {}
+    for row in rows:
+        if "train/step" not in row:  # a step report (progress/*), not an evaluation
+            continue
+        step = int(row["train/step"])
+        values = (str(row["prompt/token_ids"]), float(row["task/dev_objective"]))
+        if step in seen:
+            assert step == steps[-1], (trial, "a step other than the last one repeated", steps, step)
+            assert values[0] == seen[step][0], (trial, step, "a replay chose another prompt", seen[step], values)
+            assert abs(values[1] - seen[step][1]) <= 1e-5, (trial, step, "a replay scored apart", seen[step], values)
+            continue
+        assert not steps or step > steps[-1], (trial, "steps went back", steps, step)
+        seen[step] = values
+        steps.append(step)
+    return steps

@@ -169,6 +169,36 @@ def test_a_retried_trial_repeating_its_steps_writes_each_point_once(tmp_path):
     assert sorted(m.step for m in client.get_metric_history(run_id, keys.STEP_LOSS)) == [3, 4]
 
 
+def test_a_resumed_driver_writes_a_replayed_step_once(tmp_path):
+    """A kill between a trial's report and Tune's registration of its checkpoint (seen in CI on
+    the S3 resume test: `train/step` 1, 2, 2, 3, 4 in result.json) makes the resumed trial
+    report that step again, to a fresh driver's callback, which finds the run in the store."""
+    from types import SimpleNamespace
+
+    from scrutable.sweep import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent_id = tracking.connect(uri, "resume", tmp_path)
+    trial = SimpleNamespace(trial_id="t1", config={"alpha": 0.5})
+
+    def evaluation(step: int, objective: float) -> dict:
+        history = json.dumps([[step, {keys.STEP_LOSS: 1.0 / step}]])
+        return {keys.TRAIN_STEP: step, keys.TASK_DEV_OBJECTIVE: objective, keys.PROGRESS_HISTORY: history}
+
+    killed = tracking.MlflowTracking(uri, experiment_id, parent_id, {}, ["alpha"], tmp_path)
+    for result in (evaluation(1, -0.7), evaluation(2, -0.6)):
+        killed.on_trial_result(0, [], trial, result)
+    resumed = tracking.MlflowTracking(uri, experiment_id, parent_id, {}, ["alpha"], tmp_path)
+    for result in (evaluation(2, -0.6), evaluation(3, -0.5)):  # step 2 replayed from step 1's checkpoint
+        resumed.on_trial_result(0, [], trial, result)
+    client = mlflow.MlflowClient(uri)
+    run_id = resumed.run_id(trial)
+    assert run_id == killed.run_id(trial)
+    objective = [(m.step, m.value) for m in client.get_metric_history(run_id, keys.TASK_DEV_OBJECTIVE)]
+    assert sorted(objective) == [(1, -0.7), (2, -0.6), (3, -0.5)]
+    assert sorted(m.step for m in client.get_metric_history(run_id, keys.STEP_LOSS)) == [1, 2, 3]
+
+
 def test_repair_rebuilds_every_run_with_its_card_in_an_empty_store(sweep, tmp_path):
     """A store that lost everything (a crash before any write reached it): the end-of-sweep
     repair rebuilds each trial's run from Tune's files alone, closes it FINISHED and attaches

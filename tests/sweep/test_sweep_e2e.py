@@ -16,6 +16,7 @@ import pytest
 import ray
 import yaml
 
+from helpers import evaluation_steps
 from scrutable.sweep.artifacts import local_path
 from scrutable.sweep.launcher import run_sweep
 from scrutable.sweep.spec import load_spec
@@ -219,8 +220,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert len(results) == 4
     for path in results:
         reports = [json.loads(line) for line in path.read_text().splitlines()]
-        steps = [r["train/step"] for r in reports if "train/step" in r]  # evaluations, not step reports
-        assert steps == sorted(set(steps)), (path.parent.name, steps)  # nothing re-ran
+        evaluation_steps(reports, path.parent.name)  # nothing re-ran but, at most, an unregistered report
     assert done_before  # at least one trial had finished before the kill
     parents, kids = children(folder)
     assert len(parents) == 1 and len(kids) == 4  # no duplicated MLflow runs

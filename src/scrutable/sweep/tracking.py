@@ -127,9 +127,11 @@ class MlflowTracking(Callback):
         if trial_id in self.runs:
             return self.runs[trial_id]
         existing = self.client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'")
-        if existing:
-            self.runs[trial_id] = existing[0].info.run_id
-            return self.runs[trial_id]
+        if existing:  # a resumed driver's trial: replays of its stored steps are written once
+            run_id = self.runs[trial_id] = existing[0].info.run_id
+            if run_id not in self.written:
+                self.written[run_id] = self._stored_steps(run_id, existing[0].data.metrics)
+            return run_id
         decoded = {name: trial.config[name] for name in self.searched if name in trial.config}
         run = self.client.create_run(
             self.experiment_id,
@@ -151,6 +153,13 @@ class MlflowTracking(Callback):
         for start in range(0, len(logged), 100):  # MLflow's batch limit for params
             self.client.log_batch(run.info.run_id, params=logged[start : start + 100])
         return run.info.run_id
+
+    def _stored_steps(self, run_id: str, metrics: dict[str, float]) -> dict[str, int]:
+        """Metric key -> the last step the store holds for it. A driver resumed after a kill
+        that came between a report and Tune's registration of its checkpoint sees that
+        report again (the trial restarts from the checkpoint before it): without these, the
+        replay would be a second point at the same step in a fresh driver's run history."""
+        return {key: max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1) for key in metrics}
 
     def _safely(self, action: Any, what: str) -> None:
         """Write now (retrying with backoff), or buffer the write behind earlier failed ones.
