@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import (
@@ -198,7 +198,7 @@ def load_model(
 def place(lm: LanguageModel, device: torch.device, dtype: torch.dtype) -> LanguageModel:
     """Move a loaded model's weights, in place (weights are loaded in float32 on the CPU)."""
     if lm.device != device or lm.dtype != dtype:
-        lm.model.to(device=device, dtype=dtype)
+        cast(torch.nn.Module, lm.model).to(device=device, dtype=dtype)  # transformers' decorated `to` confuses mypy
     return lm
 
 

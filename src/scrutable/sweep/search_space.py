@@ -196,7 +196,11 @@ class SearchSpace:
         columns = [list(range(n))]
         for j in range(1, len(names)):
             step = (j * GOLDEN) % 1.0
-            order = sorted(range(n), key=lambda i, step=step: ((i * step) % 1.0, i))
+
+            def position(i: int, step: float = step) -> tuple[float, int]:
+                return ((i * step) % 1.0, i)
+
+            order = sorted(range(n), key=position)
             ranks = [0] * n
             for rank, i in enumerate(order):
                 ranks[i] = rank

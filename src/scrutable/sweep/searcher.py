@@ -145,14 +145,18 @@ def _searcher_class() -> Any:
                 self.baselines = {**self.baselines, trial_id: config}
                 return config
             for _ in range(MAX_RESAMPLES):
-                params: dict[str, Any] = super().suggest(trial_id)
+                suggested = super().suggest(trial_id)
+                if suggested is None:  # typed Optional by Ray; not returned with a search space
+                    return None
+                params: dict[str, Any] = suggested
                 ot_trial = self._ot_trials[trial_id]
                 repeated = self._repeated(params, ot_trial.number)
                 if repeated is None:
                     ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
                     return self._with_seed(params, ot_trial)
                 ot_trial.set_user_attr(DUPLICATE_ATTR, repeated)
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)  # type: ignore[union-attr]
+                study: Any = self._ot_study
+                study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
                 del self._ot_trials[trial_id]
             print(
                 f"search: no untried configuration in {MAX_RESAMPLES} samples: the space is used up; widen a range "
@@ -204,9 +208,8 @@ def _searcher_class() -> Any:
             if trial_id in self.baselines:  # run outside the study: its values as a study attribute
                 if result and not error and trial_id not in self._completed_trials:
                     values = {m: result.get(m) for m in self.metric}
-                    self._ot_study.set_user_attr(  # type: ignore[union-attr]
-                        f"baseline {trial_id}", {**self.baselines[trial_id], **values}
-                    )
+                    baseline_study: Any = self._ot_study
+                    baseline_study.set_user_attr(f"baseline {trial_id}", {**self.baselines[trial_id], **values})
                 self._completed_trials.add(trial_id)
                 return
             # Before `tell`: a finished Optuna trial takes no more attributes.

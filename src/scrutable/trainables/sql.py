@@ -440,7 +440,7 @@ class AdaptorPolicy(nn.Module):
         (the LM head runs in the LM's dtype; the soft-Q loss reads the logits in float32)."""
         head = self.lm.get_output_embeddings()
         bias = None if head.bias is None else head.bias[: self.vocab_size]
-        adapted = self.mlp(hidden.to(self.mlp[0].weight.dtype)).to(head.weight.dtype)
+        adapted = self.mlp(hidden.to(next(self.mlp.parameters()).dtype)).to(head.weight.dtype)
         return F.linear(adapted, head.weight[: self.vocab_size], bias).float() + self.logit_bias
 
     # -- public API ----------------------------------------------------------------------
