@@ -2,7 +2,7 @@
 #   make quickstart   # install, then run the offline quickstart sweep (sweeps/quickstart.yaml)
 #                     # (make quickstart SMOKE=1: tiny models, about a minute; CI runs it)
 #   make test         # install, then run the test suite offline
-# Results (hours on a 2-core CPU; resumable: rerun after an interruption):
+# Results (about an hour on a 2-core CPU: 62 min measured; resumable: rerun after an interruption):
 #   make results          # the sweeps of sweeps/results/ + smoke Yelp/BoolQ, then docs/results.md
 #   make results-report   # docs/results.md from the finished folders only
 # Data is read from ../shared/data unless SCRUTABLE_DATA_DIR says otherwise.
