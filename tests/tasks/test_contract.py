@@ -22,7 +22,7 @@ import torch
 from helpers import needs
 from scrutable.errors import UserError
 from scrutable.models import ModelKind
-from scrutable.tasks import TASKS, get_task
+from scrutable.tasks import LABELS, TASKS, get_task
 from scrutable.tasks.base import Evaluated, RewardResult
 
 # What each task declares beyond the protocol: the model kinds it reads answers from, and
@@ -44,6 +44,19 @@ PROMPTS, PROMPT_LENGTH, BATCH = 2, 3, 3
 def test_every_registered_task_is_declared_here():
     # A new task joins the contract by declaring its model kinds and ranges above.
     assert set(TASKS) == set(DECLARED)
+
+
+def test_labels_are_the_classes_each_task_reads_answers_for(data_dir):
+    # tasks.LABELS is what the sweep's frontier counts a uniform guess over, without building
+    # a task; it must name one class per verbalizer, for every model kind.
+    for name in TASKS:
+        verbalizers = getattr(get_task(name, data_dir=data_dir), "verbalizers", None)
+        if name not in LABELS:
+            assert verbalizers is None, f"{name} reads answers from verbalizers: add its classes to LABELS"
+            continue
+        assert verbalizers, name
+        for kind, words in verbalizers.items():
+            assert len(words) == len(LABELS[name]), (name, kind, words)
 
 
 @pytest.fixture(scope="module")

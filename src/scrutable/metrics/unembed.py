@@ -13,15 +13,11 @@ Euclidean form subtracts numbers of similar size, which 8 bits of mantissa canno
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 
-
-class Distance(StrEnum):
-    EUCLIDEAN = "euclidean"
-    COSINE = "cosine"
+from scrutable.metrics.distance import Distance as Distance  # its home is torch-free: configs name it
 
 
 @dataclass(frozen=True)

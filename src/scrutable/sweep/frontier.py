@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.paths import atomic_path, write_atomically
 from scrutable.sweep.folder import PARETO_CSV, PARETO_HTML, PARETO_JSON, PARETO_PNG, TRIALS_CSV
@@ -76,20 +75,13 @@ def task_baseline(spec: SweepSpec, records: Sequence[TrialRecord] = ()) -> TaskB
     the dev accuracy: 1/labels) and the empty prompt's score in the same objective, measured
     by the completed trials (`baseline/*`, `trainables/common.empty_prompt_dev`); None where
     neither task objective is maximised or the task has no labels. Reads no data and loads
-    no model (a task's splits load on first use)."""
-    from scrutable.tasks import get_task
+    no model (`tasks.LABELS`)."""
+    from scrutable.tasks import LABELS
 
     modes = dict(zip(spec.metric_names, spec.directions, strict=True))
-    # A folder copied off a cluster names the cluster's data folder: the labels need no data.
-    data_dir = spec.data_dir if spec.data_dir is not None and Path(spec.data_dir).is_dir() else None
-    try:
-        task = get_task(spec.task, data_dir=data_dir, seed=spec.data_seed)
-    except UserError:  # Yelp needs its data folder to be built; it has no labels either way
+    labels = len(LABELS.get(spec.task, ()))
+    if not labels:
         return None
-    verbalizers = getattr(task, "verbalizers", None)
-    if not verbalizers:
-        return None
-    labels = len(next(iter(verbalizers.values())))
     if modes.get(keys.TASK_DEV_OBJECTIVE) == "max":
         metric, guess, empty_key = keys.TASK_DEV_OBJECTIVE, -math.log(labels), keys.BASELINE_EMPTY_DEV_OBJECTIVE
     elif modes.get(keys.TASK_DEV) == "max":

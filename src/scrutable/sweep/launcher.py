@@ -334,7 +334,12 @@ def _until_registered(sweep_name: str, loading: Future[Any]) -> None:
 
 
 def make_callbacks(run: Run) -> list[Any]:
-    """MLflow's runs, the live table, the folder's signature (local) or its upload (bucket)."""
+    """MLflow's runs, the live table, the folder's signature (local) or its upload (bucket),
+    then Tune's CSV and JSON loggers (each trial's progress.csv and result.json), named here
+    because Tune's automatic loggers are off (`ray_start.QUIET_ENV`): the third of them,
+    TensorBoard's, imports torch into the driver (2 s of start-up) for files MLflow holds."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from scrutable.sweep import driver_sync, tracking, trust
     from scrutable.sweep.progress import SweepProgress, TuneProgress
 
@@ -360,7 +365,7 @@ def make_callbacks(run: Run) -> list[Any]:
     if not run.local:  # the driver's folder follows each trial into the bucket
         run.uploader = driver_sync.Uploader(run.folder, spec.storage, spec.name)
         callbacks.append(driver_sync.callback(run.uploader))
-    return callbacks
+    return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback()]  # where Tune's defaults would go
 
 
 def fit(run: Run, callbacks: list[Any]) -> None:

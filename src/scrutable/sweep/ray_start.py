@@ -25,6 +25,9 @@ QUIET_ENV = {
     # Step reports (`progress/*`, between evaluations) carry no objectives; Tune's strict check
     # would fail them. The objectives' names are checked when the spec loads instead.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's automatic loggers: the launcher names the CSV and JSON ones itself
+    # (`launcher.make_callbacks`) and leaves out TensorBoard's, which imports torch.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 LOOPBACK = "127.0.0.1"  # a local sweep's Ray listens here only
 

@@ -36,16 +36,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from scrutable.metrics.perplexity import (
-    LocalScorer,
-    PerplexityGradient,
-    PerplexityResult,
-    ScoreRequest,
-)
+if TYPE_CHECKING:  # torch-heavy; the driver imports this module for NAMESPACE and start_scorer
+    from scrutable.metrics.perplexity import PerplexityGradient, PerplexityResult, ScoreRequest
 
 NAMESPACE = "scrutable"
 RETRIES = 5
@@ -119,6 +115,7 @@ class ScorerService:
         stats_path: str | None = None,
         dtype: str = "float32",
     ) -> None:
+        from scrutable.metrics.perplexity import LocalScorer
         from scrutable.models import load_model
         from scrutable.sweep.placement import place_worker
 

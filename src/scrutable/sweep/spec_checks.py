@@ -29,7 +29,7 @@ OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlch
 
 def check_names(spec: SweepSpec, where: str) -> None:
     """Method, task and every model name resolvable, checked without loading anything."""
-    from scrutable.models import check_model_name
+    from scrutable.model_names import check_model_name
     from scrutable.tasks import TASKS, closest
     from scrutable.trainables import get_method
 
@@ -86,34 +86,26 @@ def check_data(spec: SweepSpec) -> None:
     """Read and validate every split of a local data folder now (columns, labels, encoding):
     a broken row is one line before Ray starts, not a failure retried in every trial.
     Hub data (no data_dir) is left to the trials, which download it."""
-    from scrutable.tasks import Split, get_task
+    from scrutable.tasks import read_splits  # torch-free: the driver runs no model
 
     if spec.data_dir is None:
         return
     config = spec.trial_config(spec.space.example_point())
-    task = get_task(
-        spec.task,
-        data_dir=spec.data_dir,
-        seed=spec.data_seed,
-        dev_pool=getattr(config, "dev_pool", "few_shot"),
-        prefix_cache=False,
-    )
-    for split in Split:
-        task.examples(split)
+    read_splits(spec.task, spec.data_dir, seed=spec.data_seed, dev_pool=getattr(config, "dev_pool", "few_shot"))
 
 
 def check_resources_fit(spec: SweepSpec, where: str) -> None:
     """On a local Ray (no --address), a trial asking for more CPUs or GPUs than this machine
-    has would wait forever for a node that never comes: refuse it now."""
-    import torch
-
+    has would wait forever for a node that never comes: refuse it now. The counts are the
+    ones a local Ray registers for this node (without importing torch, which the driver
+    never needs)."""
     try:
         from ray._private.utils import get_num_cpus  # Ray's own count: affinity and cgroup quotas
 
         cpus = float(get_num_cpus())
     except Exception:  # a private helper: fall back to the plain count
         cpus = float(os.cpu_count() or 1)
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = local_gpus()
     if spec.resources.cpu > cpus:
         raise UserError(
             f"resources.cpu {spec.resources.cpu:g} in {where} is more than this machine's {cpus:g} CPUs: a trial "
@@ -128,3 +120,17 @@ def check_resources_fit(spec: SweepSpec, where: str) -> None:
                 f"{key} {value:g} in {where} is more than this machine's {gpus} GPU(s): trials would wait "
                 f"forever; use at most {gpus} (or --address a cluster with GPUs)"
             )
+
+
+def local_gpus() -> int:
+    """The NVIDIA GPUs a local Ray would give this node (CUDA_VISIBLE_DEVICES, else NVML), as
+    Ray's own node start-up counts them; torch's count where that private helper moved."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        return int(manager.get_current_node_num_accelerators()) if manager is not None else 0
+    except Exception:  # a private API: fall back to torch, which sees the same devices
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -3,6 +3,10 @@
 `get_task(name, data_dir=..., seed=..., prefix_cache=...)` is the one way in. With `data_dir` (or the
 `SCRUTABLE_DATA_DIR` environment variable) data is read from a folder laid out like
 `../shared/data`; without it, from the Hugging Face hub.
+
+Importing this package does not import torch: `TASKS`, `closest` and `Split` serve a
+sweep's driver, which checks names and data (`tasks/data.py`) but runs no model; the names
+from `base.py` (`Task`, `RewardResult`, `sample_batch`) load on first use.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scrutable.errors import UserError
-from scrutable.paths import resolve_data_dir
-from scrutable.tasks.base import RewardResult, Split, Task, sample_batch
+from scrutable.paths import require_data_dir, resolve_data_dir
+from scrutable.tasks.data import Split, read_local_splits
+
+if TYPE_CHECKING:
+    from scrutable.tasks.base import RewardResult, Task, sample_batch
 
 
 def _sst2(data_dir: Path | None, seed: int, prefix_cache: bool = True, dev_pool: str = "few_shot") -> Task:
@@ -40,6 +47,10 @@ def _yelp(data_dir: Path | None, seed: int, prefix_cache: bool) -> Task:
 
 TASKS: dict[str, Callable[[Path | None, int, bool], Any]] = {"sst2": _sst2, "boolq": _boolq, "yelp": _yelp}
 DEFAULT_SEEDS = {"sst2": 13, "boolq": 0, "yelp": 0}
+# The classes of each classification task, by label index (one verbalizer each; Yelp
+# generates text and has none). Read without building a task: the sweep's frontier
+# compares prompts with a uniform guess over these.
+LABELS: dict[str, tuple[str, ...]] = {"sst2": ("negative", "positive"), "boolq": ("no", "yes")}
 
 
 def closest(name: str, choices: list[str] | tuple[str, ...] | Any) -> str:
@@ -59,14 +70,34 @@ def get_task(
     """`dev_pool` chooses a larger dev split where the data has one (SST-2: "glue").
     `prefix_cache`: reuse the frozen model's encoding of inputs that precede the prompt
     (`tasks/prefix_cache.py`); False runs every input in full at every call (the plain path)."""
-    if name not in TASKS:
-        raise UserError(f"unknown task '{name}': {closest(name, TASKS)}")
-    chosen_seed = DEFAULT_SEEDS[name] if seed is None else seed
+    chosen_seed = _check(name, seed, dev_pool)
     if dev_pool == "few_shot":
         return TASKS[name](resolve_data_dir(data_dir), chosen_seed, prefix_cache)
-    if name != "sst2":
-        raise UserError(f"dev_pool '{dev_pool}' exists for sst2 only: remove dev_pool for task {name}")
     return _sst2(resolve_data_dir(data_dir), chosen_seed, prefix_cache, dev_pool)
 
 
-__all__ = ["TASKS", "RewardResult", "Split", "Task", "get_task", "sample_batch", "closest"]
+def read_splits(name: str, data_dir: str | Path, *, seed: int | None = None, dev_pool: str = "few_shot") -> None:
+    """Read and validate every split of a local data folder as `get_task(...).examples` would,
+    without building the task or importing torch (a sweep's pre-flight: `check_data`)."""
+    chosen_seed = _check(name, seed, dev_pool)
+    read_local_splits(name, require_data_dir(data_dir, f"reading {name}'s splits"), chosen_seed, dev_pool)
+
+
+def _check(name: str, seed: int | None, dev_pool: str) -> int:
+    """The task name and dev pool checked; the split seed (the task's default if None)."""
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}': {closest(name, TASKS)}")
+    if dev_pool != "few_shot" and name != "sst2":
+        raise UserError(f"dev_pool '{dev_pool}' exists for sst2 only: remove dev_pool for task {name}")
+    return DEFAULT_SEEDS[name] if seed is None else seed
+
+
+__all__ = ["LABELS", "TASKS", "RewardResult", "Split", "Task", "closest", "get_task", "read_splits", "sample_batch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RewardResult", "Task", "sample_batch"):
+        from scrutable.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

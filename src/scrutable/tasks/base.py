@@ -15,18 +15,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from scrutable.models import LanguageModel
-
-
-class Split(StrEnum):
-    TRAIN = "train"
-    DEV = "dev"
-    TEST = "test"
+from scrutable.tasks.data import Split as Split  # its home is torch-free
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,17 @@ validation set split the same way (first 50 dev, rest test).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.paths import require_file
-from scrutable.tasks.base import Split
-from scrutable.tasks.classification import ClassificationTask, LabeledExample, load_hub_dataset
+from scrutable.tasks.classification import ClassificationTask, load_hub_dataset
+from scrutable.tasks.data import BOOLQ_DEV_SIZE, LabeledExample, Split, boolq_loaders
 from scrutable.tasks.inputs import token_ids
 
-DEV_SIZE = 50
 TRAIN_SIZE = 32
 # Passages run to several hundred tokens; the answer rarely needs more than the start, and
 # T5-small was trained on 512-token inputs.
@@ -41,12 +37,7 @@ def make_boolq(data_dir: Path | None, seed: int = 0, *, prefix_cache: bool = Tru
             split: partial(_from_hub, split, seed) for split in Split
         }
     else:
-        root = data_dir / "boolq"
-        loaders = {
-            Split.TRAIN: lambda: read_jsonl(root / "train-32.jsonl"),
-            Split.DEV: lambda: read_jsonl(root / "dev-50.jsonl"),
-            Split.TEST: lambda: read_jsonl(root / "dev.jsonl")[DEV_SIZE:],
-        }
+        loaders = boolq_loaders(data_dir)
     return ClassificationTask(
         name="boolq",
         verbalizers={ModelKind.CAUSAL: (" no", " yes"), ModelKind.SEQ2SEQ: ("no", "yes")},
@@ -66,31 +57,6 @@ def _format(example: LabeledExample, lm: LanguageModel) -> tuple[list[int], list
     return [], passage + question
 
 
-def parse_label(row: dict[str, Any]) -> int:
-    """FewGLUE has `label: true`; the official dev file has `answer: "True"` (a string)."""
-    value = row.get("label", row.get("answer"))
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and value in ("True", "False"):
-        return int(value == "True")
-    raise ValueError(f"unrecognised BoolQ label {value!r}")
-
-
-def read_jsonl(path: Path) -> list[LabeledExample]:
-    require_file(path, "point --data-dir at a folder laid out like ../shared/data")
-    examples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                examples.append(LabeledExample(text=row["passage"], question=row["question"], label=parse_label(row)))
-            except (KeyError, ValueError) as exc:
-                raise UserError(f"{path}:{number} is not a BoolQ row ({exc})") from None
-    return examples
-
-
 def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
     data = load_hub_dataset("google/boolq")
 
@@ -102,5 +68,5 @@ def _from_hub(split: Split, seed: int) -> list[LabeledExample]:
         return convert(data["train"].select(indices))
     validation = data["validation"]
     if split is Split.DEV:
-        return convert(validation.select(range(DEV_SIZE)))
-    return convert(validation.select(range(DEV_SIZE, len(validation))))
+        return convert(validation.select(range(BOOLQ_DEV_SIZE)))
+    return convert(validation.select(range(BOOLQ_DEV_SIZE, len(validation))))

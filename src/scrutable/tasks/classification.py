@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scrutable.errors import UserError
 from scrutable.models import LanguageModel, ModelKind
 from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
+from scrutable.tasks.data import LabeledExample as LabeledExample  # its home is torch-free
 from scrutable.tasks.inputs import splice_prompt, token_ids
 from scrutable.tasks.prefix_cache import (
     BatchEncodings,
@@ -41,13 +42,6 @@ from scrutable.tasks.prefix_cache import (
 
 GAP_CORRECT_COEFF = 200.0
 GAP_INCORRECT_COEFF = 180.0
-
-
-@dataclass(frozen=True)
-class LabeledExample:
-    text: str
-    label: int  # index into the task's verbalizers
-    question: str = ""  # BoolQ only
 
 
 # A formatter turns an example into (text before the prompt, text after it) for a model kind.

@@ -24,7 +24,9 @@ class Method:
 
     @property
     def config_cls(self) -> Any:
-        return getattr(importlib.import_module(self.module), _CONFIG_CLASSES[self.name])
+        from scrutable.trainables import configs  # torch-free, unlike the method's module
+
+        return getattr(configs, _CONFIG_CLASSES[self.name])
 
     @property
     def run(self) -> Any:

@@ -39,69 +39,20 @@ from scrutable.card import InterpretabilityCard, build_card
 from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.metrics.perplexity import LocalScorer, Scorer
-from scrutable.metrics.unembed import Distance
 from scrutable.models import (
-    DEFAULT_DEVICE,
     DEFAULT_DTYPE,
-    DeviceName,
-    DtypeName,
     LanguageModel,
     accumulation_dtype,
     load_model,
     resolve_device,
 )
 from scrutable.tasks import Task, get_task, sample_batch
+from scrutable.trainables.configs import TrainConfig as TrainConfig  # its home is torch-free
 from scrutable.trainables.record import PromptRecord, better
 
 Progress = Callable[[int, dict[str, float]], None]
 STATE_FILE = "state.pt"
 DIVERGED = 1e30  # |loss| or |reward| beyond this is an overflow on its way to inf
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Fields every method has. Method configs add theirs and may change defaults."""
-
-    task: str = "sst2"
-    model: str = "distilgpt2"
-    scorer: str = "gpt2-xl"
-    data_dir: str | None = None
-    data_seed: int | None = None  # SST-2 few-shot split seed (13, 21, 42, 87, 100)
-    dev_pool: str = "few_shot"  # the dev split prompts are selected on; "glue": SST-2's larger pool
-    prompt_length: int = 5
-    alpha: float = 0.0  # weight of the perplexity term; 0 is the unconstrained baseline
-    learning_rate: float = 1e-3
-    steps: int = 100
-    batch_size: int = 16
-    eval_interval: int = 20
-    eval_limit: int | None = None  # dev examples per evaluation; None = the whole split
-    test_limit: int | None = None  # test examples in the final report; None = all
-    seed: int = 0
-    distance: Distance = Distance.EUCLIDEAN  # for unembedding in the reported metrics
-    prefix_cache: bool = True  # reuse the task model's encoding of inputs before the prompt (tasks/prefix_cache.py)
-    # Where the task model (and RLPrompt's policy, and `train`'s in-process scorer) runs: auto
-    # is a visible GPU, else the CPU; in a sweep, the GPU Ray reserved for the trial, if any.
-    device: DeviceName = DEFAULT_DEVICE
-    # The frozen models' weights. Losses, log-softmaxes and the trainable prompt stay float32.
-    dtype: DtypeName = DEFAULT_DTYPE
-
-    def __post_init__(self) -> None:
-        positive = {
-            "prompt_length": self.prompt_length,
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "eval_interval": self.eval_interval,
-            "learning_rate": self.learning_rate,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
-        for name in ("eval_limit", "test_limit"):
-            limit = getattr(self, name)
-            if limit is not None and limit < 1:
-                raise ValueError(f"{name} must be at least 1 or null (all), got {limit}")
 
 
 class TrainingDiverged(UserError):

@@ -32,8 +32,7 @@ task loss's scale; `raw` penalises perplexity itself (gradient scaled by the per
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Unpack
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
@@ -43,30 +42,10 @@ from scrutable.metrics import keys
 from scrutable.metrics.perplexity import PerplexityGradient
 from scrutable.metrics.unembed import Distance, project_to_vocabulary
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.trainables.common import Loop, RunIO, Setup, TrainConfig, TrainResult, initial_prompt
+from scrutable.trainables.common import Loop, RunIO, Setup, TrainResult, initial_prompt
+from scrutable.trainables.configs import PezConfig as PezConfig  # its home is torch-free
 
 SCORERS_BY_VOCABULARY = "distilgpt2 or gpt2: gpt2, gpt2-medium, gpt2-large, gpt2-xl; smollm2-135m: smollm2-135m"
-
-
-@dataclass(frozen=True)
-class PezConfig(TrainConfig):
-    learning_rate: float = 0.1
-    weight_decay: float = 0.1
-    perplexity_source: Literal["scorer", "task_model"] = "scorer"
-    perplexity_term: Literal["log", "raw"] = "log"
-    relaxation_temperature: float = 0.1
-    init: Literal["vocab", "text", "random"] = "vocab"
-    init_text: str = ""
-    # The step size over the run: constant (the reference) or cosine decay to 0 at the last step.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    # Evaluate the initial prompt too (step 0), so it competes with the trained ones and the
-    # learning curve starts where training does.
-    eval_at_start: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.relaxation_temperature > 0:
-            raise ValueError(f"relaxation_temperature must be positive, got {self.relaxation_temperature}")
 
 
 def check_compatible(s: Setup, config: PezConfig) -> None:

@@ -73,9 +73,7 @@ Tests: `python -m pytest tests/trainables/test_rlprompt.py -q`.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal, Unpack
+from typing import Unpack
 
 import torch
 
@@ -83,86 +81,16 @@ from scrutable.errors import UserError
 from scrutable.metrics import keys
 from scrutable.metrics.perplexity import PerplexityResult, score_request
 from scrutable.models import LanguageModel, ModelKind
-from scrutable.trainables.common import Loop, RunIO, Setup, TrainConfig, TrainResult, config_model
+from scrutable.trainables.common import Loop, RunIO, Setup, TrainResult, config_model
+from scrutable.trainables.configs import CLASSIFICATION_SHAPING as CLASSIFICATION_SHAPING  # torch-free home
+from scrutable.trainables.configs import RLPromptConfig as RLPromptConfig
 from scrutable.trainables.sql import (
-    DEFAULT_IMPL,
-    MLP_HIDDEN_SIZE,
-    POLYAK_RATE,
     AdaptorPolicy,
-    SoftQImpl,
     polyak_update,
     shape_rewards,
     soft_q_loss,
     zscore,
 )
-
-# examples/few-shot-classification/config.yaml: reward_shaping_old_min/max 0/1,
-# new_min/max 0/5, applied to the z-scored rewards.
-CLASSIFICATION_SHAPING = (0.0, 1.0, 0.0, 5.0)
-
-
-@dataclass(frozen=True)
-class RLPromptConfig(TrainConfig):
-    """RLPrompt's settings; defaults are the reference's few-shot classification ones.
-
-    The reference trains 12,000 steps; `steps` keeps the shared default so that a run
-    started without thought stays short.
-    """
-
-    policy_model: str = "distilgpt2"  # causal LM behind the policy; `model` is the task model
-    learning_rate: float = 5e-5
-    mlp_hidden_size: int = MLP_HIDDEN_SIZE
-    top_k: int = 256  # sample from the k most likely tokens; 0 samples from all
-    logit_bias: float = 0.0  # added to the policy's Q-values (style transfer: -10)
-    prompts_per_step: int = 16
-    grad_clip: float = 5.0  # max gradient norm of the MLP
-    polyak_rate: float = POLYAK_RATE
-    sql_impl: SoftQImpl = DEFAULT_IMPL
-    zscore: bool = True
-    # (old_min, old_max, new_min, new_max): [old_min, old_max] maps linearly onto [new_min, new_max].
-    reward_shaping: tuple[float, float, float, float] = CLASSIFICATION_SHAPING
-    perplexity_term: Literal["log", "raw"] = "log"
-    perplexity_placement: Literal["before_zscore", "after_zscore"] = "after_zscore"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        try:
-            object.__setattr__(self, "sql_impl", SoftQImpl(self.sql_impl))
-        except ValueError:
-            raise ValueError(f"sql_impl must be one of {[m.value for m in SoftQImpl]}, got {self.sql_impl!r}") from None
-        if self.mlp_hidden_size < 1:
-            raise ValueError(f"mlp_hidden_size must be positive, got {self.mlp_hidden_size}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
-        if self.zscore and self.prompts_per_step < 2:
-            raise ValueError(
-                "prompts_per_step must be at least 2 when zscore is on (the z-score "
-                f"of one prompt is always 0), got {self.prompts_per_step}"
-            )
-        if self.prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step must be positive, got {self.prompts_per_step}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
-        if not 0.0 <= self.polyak_rate <= 1.0:
-            raise ValueError(f"polyak_rate must lie in [0, 1], got {self.polyak_rate}")
-        if not math.isfinite(self.logit_bias):
-            raise ValueError(f"logit_bias must be finite, got {self.logit_bias}")
-        shaping = tuple(self.reward_shaping)
-        if len(shaping) != 4 or not all(math.isfinite(v) for v in shaping):
-            raise ValueError(
-                "reward_shaping must be four finite numbers (old_min, old_max, new_min, "
-                f"new_max), got {self.reward_shaping!r}"
-            )
-        if shaping[0] == shaping[1]:
-            raise ValueError(f"reward_shaping's old_min and old_max must differ, got {self.reward_shaping!r}")
-        object.__setattr__(self, "reward_shaping", tuple(float(v) for v in shaping))
-        if self.perplexity_term not in ("log", "raw"):
-            raise ValueError(f"perplexity_term must be 'log' or 'raw', got {self.perplexity_term!r}")
-        if self.perplexity_placement not in ("before_zscore", "after_zscore"):
-            raise ValueError(
-                f"perplexity_placement must be 'before_zscore' or 'after_zscore', got {self.perplexity_placement!r}"
-            )
-
 
 # ---------------------------------------------------------------------------------------
 # Pieces of a step

@@ -22,26 +22,14 @@ vocabulary's range (then every nearest token is far and the unembedding arbitrar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Unpack
+from typing import Unpack
 
 import torch
 from transformers.optimization import Adafactor
 
 from scrutable.metrics import keys
-from scrutable.trainables.common import Loop, RunIO, TrainConfig, TrainResult, initial_prompt
-
-
-@dataclass(frozen=True)
-class SoftPromptConfig(TrainConfig):
-    learning_rate: float = 0.05
-    optimizer: Literal["adafactor", "adamw", "adam"] = "adafactor"
-    # Adafactor only: the step relative to the prompt's RMS (default), or absolute as in the
-    # reference's T5 recipe (relative_step_size: false, learning_rate: 0.3).
-    relative_step_size: bool = True
-    weight_decay: float = 0.0
-    init: Literal["vocab", "text", "random"] = "vocab"
-    init_text: str = ""
+from scrutable.trainables.common import Loop, RunIO, TrainResult, initial_prompt
+from scrutable.trainables.configs import SoftPromptConfig as SoftPromptConfig  # its home is torch-free
 
 
 def make_optimizer(

@@ -15,21 +15,48 @@ mingkaid/rl-prompt), one module per job:
 
     task = get_task("yelp", data_dir="../shared/data")
     task.evaluate(lm, lm.embedding_matrix[prompt_ids], "dev", limit=50)
+
+Importing the package loads its parts on first use (PEP 562): `data.py` is torch-free, and a
+sweep's driver reads the splits through it without importing torch.
 """
 
-from scrutable.tasks.yelp.data import DATA_HINT, TransferExample, read_lines
-from scrutable.tasks.yelp.generation import MAX_SENTENCE_TOKENS, postprocess
-from scrutable.tasks.yelp.scoring import TransferReport
-from scrutable.tasks.yelp.scoring import bleu as _bleu  # its name before the split, kept for callers
-from scrutable.tasks.yelp.style import (
-    STYLE_CACHE_VERSION,
-    STYLE_SEED,
-    STYLE_TRAIN_PER_CLASS,
-    StyleClassifier,
-    load_style_classifier,
-    train_style_classifier,
-)
-from scrutable.tasks.yelp.task import YelpTask, make_yelp
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scrutable.tasks.yelp.data import DATA_HINT, TransferExample, read_lines
+    from scrutable.tasks.yelp.generation import MAX_SENTENCE_TOKENS, postprocess
+    from scrutable.tasks.yelp.scoring import TransferReport
+    from scrutable.tasks.yelp.scoring import bleu as _bleu  # its name before the split, kept for callers
+    from scrutable.tasks.yelp.style import (
+        STYLE_CACHE_VERSION,
+        STYLE_SEED,
+        STYLE_TRAIN_PER_CLASS,
+        StyleClassifier,
+        load_style_classifier,
+        train_style_classifier,
+    )
+    from scrutable.tasks.yelp.task import YelpTask, make_yelp
+
+_HOMES = {
+    "DATA_HINT": "data",
+    "TransferExample": "data",
+    "read_lines": "data",
+    "MAX_SENTENCE_TOKENS": "generation",
+    "postprocess": "generation",
+    "TransferReport": "scoring",
+    "_bleu": "scoring",
+    "STYLE_CACHE_VERSION": "style",
+    "STYLE_SEED": "style",
+    "STYLE_TRAIN_PER_CLASS": "style",
+    "StyleClassifier": "style",
+    "load_style_classifier": "style",
+    "train_style_classifier": "style",
+    "YelpTask": "task",
+    "make_yelp": "task",
+}
 
 __all__ = [
     "DATA_HINT",
@@ -48,3 +75,12 @@ __all__ = [
     "read_lines",
     "train_style_classifier",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), "bleu" if name == "_bleu" else name)
+    globals()[name] = value  # later look-ups (and monkeypatch) see a plain attribute
+    return value

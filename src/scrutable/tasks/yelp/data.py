@@ -22,6 +22,7 @@ from scrutable.errors import UserError
 from scrutable.paths import require_file
 
 DATA_HINT = "point --data-dir at a folder laid out like ../shared/data"
+DEV_SIZE = 100  # sentences held out of the dev pool as the dev split, half per class
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from scrutable.errors import UserError
 from scrutable.models import LanguageModel, SentenceEncoder, load_encoder
 from scrutable.paths import DATA_DIR_ENV
 from scrutable.tasks.base import Evaluated, RewardResult, Split, subset
-from scrutable.tasks.yelp.data import TransferExample, load_test, require_data_files, split_dev_pool
+from scrutable.tasks.yelp.data import DEV_SIZE, TransferExample, load_test, require_data_files, split_dev_pool
 from scrutable.tasks.yelp.generation import generate, splice
 from scrutable.tasks.yelp.scoring import TransferReport, bleu, score_grid, score_texts
 from scrutable.tasks.yelp.style import StyleClassifier, load_style_classifier
@@ -46,7 +46,7 @@ def make_yelp(data_dir: Path | None, seed: int = 0) -> YelpTask:
 class YelpTask:
     data_dir: Path
     seed: int = 0
-    dev_size: int = 100  # held out of the dev pool, half per class
+    dev_size: int = DEV_SIZE  # held out of the dev pool, half per class
     num_samples: int = 4  # rewrites sampled per prompt and input for the reward
     num_bootstraps: int = 1  # groups the samples are split into; best of each is averaged
     top_k: int = 10  # the reference's `task_top_k`
