@@ -3,7 +3,7 @@
 The driver of a sweep validates every model name before Ray starts (`check_model_name`) and
 builds trial configs whose defaults name a device and a precision; it never runs a model.
 Keeping these here, not in `models.py` (which imports torch and transformers, about 3 s),
-keeps the driver's start-up short. `models.py` re-exports every name.
+keeps the driver's start-up short. `models.py` imports from here what it uses.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from scrutable.errors import UserError
 from scrutable.paths import require_file
+from scrutable.tasks.data import DATA_HINT as DATA_HINT  # one hint for every task's files
 
-DATA_HINT = "point --data-dir at a folder laid out like ../shared/data"
 DEV_SIZE = 100  # sentences held out of the dev pool as the dev split, half per class
 
 
